@@ -15,7 +15,6 @@ respect to inputs and to weights, each about one forward). Achieved TFLOP/s = 3 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -234,9 +233,3 @@ def format_report(f: dict) -> str:
     lines.append(f"  process peak RSS {f['rss_peak_gb']:.2f} GB, {f['threads']} intra-op threads")
     return "\n".join(lines)
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vsrpp_dist.bench_step")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.run(args)

@@ -119,6 +119,7 @@ class CheckpointManager:
         self.best_metric = -math.inf
         self.best_step = -1
         self.last_saved: str = ""
+        self.failed_final = False  # the end-of-training checkpoint could not be written
         if accelerator.is_main_process:
             self.folder.mkdir(parents=True, exist_ok=True)
             stale = sorted(p.name for p in self.folder.iterdir() if p.name.startswith(TMP_PREFIX))
@@ -156,11 +157,14 @@ class CheckpointManager:
         if "best" in kinds:  # before saving: the checkpoint's own state must know it is the best
             self.best_metric, self.best_step = float(ki_psnr), step
         try:
-            return self.save(step, kinds)
+            path = self.save(step, kinds)
         except CheckpointWriteError as err:
             self.best_metric, self.best_step = previous_best
-            self.observer.error(f"{err}; training continues")
+            self.failed_final = final
+            self.observer.error(f"{err}; {'training is over' if final else 'training continues'}")
             return None
+        self.failed_final = False
+        return path
 
     # -- mechanics ------------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, Sequence
 
@@ -26,3 +27,29 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (with a pointer to --help) and exit code 2, like every
+    other user error, instead of the usage block plus an error line. `error_name` is the name that line
+    starts with when it should differ from `prog` (train.py reports as "train", as run_cli does)."""
+
+    def __init__(self, *args, error_name: str | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_name = error_name
+
+    def error(self, message: str):
+        self.exit(2, f"{self.error_name or self.prog}: error: {message} (see --help)\n")
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse `type` for whole numbers >= low, with a one-line reason when the text is not one."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
+        return value
+    return parse

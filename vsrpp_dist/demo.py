@@ -9,12 +9,11 @@ trainer `accelerate launch vsrpp_dist/train.py` runs; the command to repeat it i
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from .cli import run_cli
+from .cli import OneLineParser, run_cli
 from .config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +52,7 @@ def prepare_data(data_dir: Path, say=print) -> tuple[Path, Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vsrpp_dist.demo", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m vsrpp_dist.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT / "data" / "demo"), help="where demo frames and shards go")
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="training config (default: configs/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")

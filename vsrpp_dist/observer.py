@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,11 +21,53 @@ STATUS_NAME = "training_status.txt"
 TB_DIR = "logs"
 
 
+TB_RETRY_SECONDS = 60.0  # after a failed TensorBoard write, how long before a new event file is tried
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one."""
+    """Readers see the old file or the new one, never half of one. A failed write (disk full) removes
+    its own temporary file and raises; the old file stays."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _quiet_tensorboard_thread_errors() -> None:
+    """TensorBoard writes events from a thread of its own; when the disk is full that thread dies with a
+    traceback on the console, and the writer raises the same OSError at our next write, where the
+    Observer reports it in one line. The thread's own traceback is therefore left out."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    previous = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
+        return
+
+    def hook(args) -> None:
+        if not (isinstance(args.thread, _AsyncWriterThread) and isinstance(args.exc_value, OSError)):
+            previous(args)
+
+    hook.quiet_tensorboard = True
+    threading.excepthook = hook
+
+
+class LogFileHandler(logging.FileHandler):
+    """training.log; when the disk is full, one line on the console instead of logging's traceback per
+    record, and training goes on (the console still has every message)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8")
+        self.failing = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failing:
+            self.failing = True
+            error = sys.exc_info()[1]
+            sys.stderr.write(f"{time.strftime('%H:%M:%S')} ERROR cannot write {self.baseFilename} ({error}); "
+                             "training goes on, messages reach the console only until it can be written\n")
 
 
 class Observer:
@@ -42,7 +85,7 @@ class Observer:
         console = logging.StreamHandler(sys.stderr)
         if is_main:
             console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-            file_handler = logging.FileHandler(run_dir / LOG_NAME, encoding="utf-8")
+            file_handler = LogFileHandler(run_dir / LOG_NAME)
             file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
             self.logger.addHandler(file_handler)
         else:
@@ -58,10 +101,11 @@ class Observer:
 
         self.writer = None
         self.bar = None
+        self.disk_trouble: set[str] = set()  # files that could not be written (reported once per outage)
+        self._tb_retry_at = 0.0
+        self._closed = False
         if is_main:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(run_dir / TB_DIR))
+            self.writer = self._open_tensorboard()
             if progress_bar is None:
                 progress_bar = sys.stderr.isatty()
             if progress_bar:
@@ -93,19 +137,70 @@ class Observer:
 
     # -- TensorBoard --------------------------------------------------------------------------------
 
+    # A full disk must not end a run over its logs: a failed write is reported once, the records are
+    # dropped, and after TB_RETRY_SECONDS a new event file is tried (TensorBoard reads every event file
+    # in the folder, so the curves continue where space came back).
+
+    def _open_tensorboard(self):
+        from torch.utils.tensorboard import SummaryWriter
+
+        _quiet_tensorboard_thread_errors()
+        return SummaryWriter(log_dir=str(self.run_dir / TB_DIR))
+
+    def _tensorboard(self):
+        if self.writer is None and self.is_main and not self._closed and time.monotonic() >= self._tb_retry_at:
+            try:
+                self.writer = self._open_tensorboard()
+            except OSError as err:
+                self._write_failed("TensorBoard events", err)
+            else:
+                self._write_recovered("TensorBoard events")
+        return self.writer
+
+    def _write_failed(self, what: str, err: OSError) -> None:
+        if what.startswith("TensorBoard"):
+            writer, self.writer = self.writer, None
+            self._tb_retry_at = time.monotonic() + TB_RETRY_SECONDS
+            if writer is not None:
+                try:
+                    writer.close()
+                except Exception:  # its background thread already failed; nothing more to save
+                    pass
+        if what not in self.disk_trouble:
+            self.disk_trouble.add(what)
+            self.error(f"cannot write {what} in {self.run_dir} ({err}); training goes on and tries again later")
+
+    def _write_recovered(self, what: str) -> None:
+        if what in self.disk_trouble:
+            self.disk_trouble.discard(what)
+            self.warn(f"{what}: written again", all_ranks=False)
+
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
-        if self.writer is None:
+        writer = self._tensorboard()
+        if writer is None:
             return
-        for tag, value in values.items():
-            self.writer.add_scalar(tag, value, step)
+        try:
+            for tag, value in values.items():
+                writer.add_scalar(tag, value, step)
+        except OSError as err:
+            self._write_failed("TensorBoard events", err)
 
     def image(self, step: int, tag: str, image_chw: torch.Tensor) -> None:
-        if self.writer is not None:
-            self.writer.add_image(tag, image_chw.clamp(0, 1), step)
+        writer = self._tensorboard()
+        if writer is None:
+            return
+        try:
+            writer.add_image(tag, image_chw.clamp(0, 1), step)
+        except OSError as err:
+            self._write_failed("TensorBoard events", err)
 
     def flush(self) -> None:
-        if self.writer is not None:
+        if self.writer is None:
+            return
+        try:
             self.writer.flush()
+        except OSError as err:
+            self._write_failed("TensorBoard events", err)
 
     # -- status file and progress bar ---------------------------------------------------------------
 
@@ -115,7 +210,12 @@ class Observer:
         width = max(len(k) for k in fields)
         lines = [f"vsrpp-dist training status ({time.strftime('%Y-%m-%d %H:%M:%S')})"]
         lines += [f"{key.ljust(width)}  {value}" for key, value in fields.items()]
-        atomic_write_text(self.run_dir / STATUS_NAME, "\n".join(lines) + "\n")
+        try:
+            atomic_write_text(self.run_dir / STATUS_NAME, "\n".join(lines) + "\n")
+        except OSError as err:
+            self._write_failed(STATUS_NAME, err)
+        else:
+            self._write_recovered(STATUS_NAME)
 
     def progress(self, step: int, postfix: str = "") -> None:
         if self.bar is not None:
@@ -125,14 +225,22 @@ class Observer:
             self.bar.refresh()
 
     def close(self) -> None:
+        self._closed = True
         if self.bar is not None:
             self.bar.close()
             self.bar = None
         if self.writer is not None:
-            self.writer.close()
+            try:
+                self.writer.close()
+            except OSError as err:
+                self._write_failed("TensorBoard events", err)
             self.writer = None
         for handler in list(self.logger.handlers):
-            handler.flush()
+            try:
+                handler.flush()
+                if isinstance(handler, logging.FileHandler):
+                    handler.close()
+            except OSError:  # a full disk, already reported by LogFileHandler; the console had every line
+                pass
             if isinstance(handler, logging.FileHandler):
-                handler.close()
                 self.logger.removeHandler(handler)

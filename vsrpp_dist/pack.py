@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .cli import OneLineParser, int_at_least
 from .data.packer import (
     MIN_FRAMES,
     PackOptions,
@@ -74,13 +75,6 @@ class PackError(ValueError):
 # -- command line ------------------------------------------------------------------------------------
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line (with a pointer to --help), not usage plus error."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def parse_size(text: str) -> int:
     """'1G', '500M', '64k', '1.5GiB', '1000000' -> bytes (K/M/G/T are powers of 1024)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
@@ -92,17 +86,6 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
-        return value
-    return parse
-
 
 def default_workers() -> int:
     try:
@@ -113,7 +96,7 @@ def default_workers() -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=PROG,
         description="Pack frame folders and video files into sharded WebDataset tars plus a manifest "
                     "(x3 VSR, lossless GT). Training shards (default) hold tile runs: one spatial tile "
@@ -140,16 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "SRC, in the same order")
     parser.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC,
                         help=f"lossless frame encoding (default: {DEFAULT_CODEC})")
-    parser.add_argument("--frames-per-sample", type=_int_at_least(MIN_FRAMES), default=None, metavar="N",
+    parser.add_argument("--frames-per-sample", type=int_at_least(MIN_FRAMES), default=None, metavar="N",
                         help="frames per training tile run (default: "
                              f"{PackOptions.frames_per_sample}; a short tail joins the last run)")
-    parser.add_argument("--min-tile", type=_int_at_least(SCALE), default=None, metavar="PX",
+    parser.add_argument("--min-tile", type=int_at_least(SCALE), default=None, metavar="PX",
                         help="smallest tile side in GT pixels; frames are cut into as many tiles of at "
                              f"least this size as fit (default: {PackOptions.min_tile})")
     parser.add_argument("--shard-size", type=parse_size, default=parse_size("1G"), metavar="SIZE",
                         help="bytes per shard, e.g. 500M, 1G (K/M/G = powers of 1024; default: 1G); "
                              "a shard exceeds it only when one sample alone is larger")
-    parser.add_argument("--workers", type=_int_at_least(1), default=default_workers(), metavar="N",
+    parser.add_argument("--workers", type=int_at_least(1), default=default_workers(), metavar="N",
                         help="processes encoding in parallel: a sequence each, long ones cut into "
                              "segments so that one long video or folder uses several; the output is the "
                              f"same for any N (default: usable CPU cores, at most 8; here {default_workers()})")

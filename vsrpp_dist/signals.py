@@ -1,9 +1,12 @@
 """Stop requests from Ctrl-C and SIGTERM (cluster pre-emption), turned into a flag the loop checks.
 
 The first signal only sets the flag: the loop agrees on it across ranks at the next step boundary and
-writes an emergency checkpoint on every rank together. A second Ctrl-C forces the exit at once; the
-checkpoint being written is then left as an ignored `.tmp-` folder, so no earlier checkpoint is harmed.
-A SIGTERM after a Ctrl-C is the launcher relaying the same stop to its children and is ignored.
+writes an emergency checkpoint on every rank together. A second stop signal of either kind forces the
+exit at once; the checkpoint being written is then left as an ignored `.tmp-` folder, so no earlier
+checkpoint is harmed. Under `accelerate launch` each rank runs in a session of its own, so a terminal's
+Ctrl-C reaches it only through the launcher: the first as SIGINT, the second as SIGTERM (torch elastic's
+shutdown, interrupted, falls back to its default death signal). A rank therefore sees one signal per
+user action, and the second one, whatever its name, means "now".
 DataLoader workers are kept out of these group-wide signals altogether (detach_worker_from_signals).
 """
 
@@ -28,8 +31,8 @@ class StopSignals:
         if self.received is None:
             self.received = name
             return
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt(f"second {name}: stopping without waiting for the emergency checkpoint")
+        raise KeyboardInterrupt(f"second stop signal ({name} after {self.received}): stopping without waiting "
+                                "for the emergency checkpoint")
 
     @property
     def requested(self) -> bool:

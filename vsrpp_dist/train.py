@@ -16,15 +16,13 @@ if __name__ == "__main__" and not __package__:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
     __package__ = "vsrpp_dist"  # noqa: A001
 
-import argparse
-
-from vsrpp_dist.cli import run_cli
+from vsrpp_dist.cli import OneLineParser, run_cli
 from vsrpp_dist.config import describe, load_config
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="train.py", description="Train the x3 video super-resolution model (see README.md).",
+    parser = OneLineParser(
+        prog="train.py", error_name="train", description="Train the x3 video super-resolution model (see README.md).",
         epilog="Overrides: any config key as key.sub=value, e.g. train.total_steps=2000 data.num_workers=2. "
                "List every key with --help-config.")
     parser.add_argument("--config", help="YAML config (configs/*.yaml); defaults apply where it is silent")

@@ -27,9 +27,10 @@ from accelerate.utils import set_seed
 from . import __version__
 from .adaptive import AdaptiveController
 from .autotune import Ranks, autotune
-from .checkpoint import WEIGHTS_FORMAT, CheckpointError, CheckpointManager, CheckpointWriteError
-from .config import Config, config_to_dict, dump_config
-from .data.stream import build_train_loader
+from .checkpoint import WEIGHTS_FORMAT, CheckpointError, CheckpointManager, CheckpointWriteError, list_complete
+from .config import Config, ConfigError, config_to_dict, dump_config
+from .data.stream import ClipStream, build_train_loader
+from .data.validation_set import ValidationSet
 from .ema import WeightEMA
 from .imresize import downscale
 from .loss import HybridLoss
@@ -74,8 +75,8 @@ class TrainState:
     nonfinite_total: int = 0
     nonfinite_in_row: int = 0
     rollbacks: int = 0
-    skipped_samples: int = 0
-    bad_shards: int = 0
+    skipped_samples: int = 0  # over all ranks
+    bad_shards: int = 0  # over all ranks
     train_seconds: float = 0.0
     last_validation: dict = field(default_factory=dict)
     world_size: int = 1
@@ -122,6 +123,16 @@ class IntervalMeter:
         return self.sums.get(key, float("nan")) / self.steps if self.steps else float("nan")
 
 
+def check_data(cfg: Config, world_size: int) -> None:
+    """The data settings, checked from the manifests before the run directory is touched: a wrong path or
+    a patch that does not fit costs one error line, not a half-made run directory."""
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards: not set; give the folder `python -m vsrpp_dist.pack` wrote")
+    ClipStream(cfg.data.train_shards, cfg.data, seed=cfg.run.seed, rank=0, world_size=world_size, batch_size=1)
+    if cfg.data.val_shards:
+        ValidationSet(cfg.data.val_shards)
+
+
 class Trainer:
     def __init__(self, cfg: Config, request: StartRequest = StartRequest(), *, interactive: bool | None = None) -> None:
         self.cfg = cfg
@@ -138,6 +149,7 @@ class Trainer:
         if acc.device.type == "cpu" and (threads := cpu_threads(cfg.data.num_workers)) is not None:
             torch.set_num_threads(threads)
 
+        check_data(cfg, acc.num_processes)
         self.run_dir = Path(cfg.run.dir).absolute()
         self.start = self._prepare_run_dir(request, interactive)
         self.observer = Observer(self.run_dir, rank=acc.process_index, is_main=acc.is_main_process,
@@ -220,6 +232,13 @@ class Trainer:
                     self._handle_nonfinite(result)
                 if result.stop:
                     return self._stop_for_signal()
+            if self.checkpoints.failed_final:
+                # The trained weights exist only in memory now: not a success, whatever else went well.
+                on_disk = list_complete(self.run_dir)  # newest first
+                fallback = f"{on_disk[0].path.name} (step {on_disk[0].step})" if on_disk else "none"
+                obs.error(f"training reached step {state.step} but its final checkpoint could not be written; "
+                          f"newest checkpoint on disk: {fallback}; free space and run again with --resume")
+                return 1
             obs.info(f"finished: step {state.step}, {state.clips_seen:,} clips, "
                      f"{state.train_seconds / 3600:.2f} h of training")
             return 0
@@ -240,10 +259,12 @@ class Trainer:
         weights = self.adaptive.weights
         sums = torch.zeros(5, device=acc.device)
         data_wait = 0.0
+        skipped = [0, 0]  # corrupt samples, bad shards this rank's stream met during this step
         for _ in range(self.batches.grad_accum_steps):
             fetch = time.perf_counter()
             batch = next(batches)
             data_wait += time.perf_counter() - fetch
+            skipped = [a + b for a, b in zip(skipped, batch["skipped"])]
             gt_btchw, lr_btchw = self._to_device(batch)
             with acc.accumulate(model):
                 with acc.autocast():
@@ -256,11 +277,15 @@ class Trainer:
             acc.unscale_gradients()
         params = [p for p in self.params if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]).float()
-        stop_flag = torch.tensor([1.0 if self.signals and self.signals.requested else 0.0], device=acc.device)
+        stop = 1.0 if self.signals and self.signals.requested else 0.0
+        # The data counters ride along so that the logged totals cover every rank's stream.
+        host_values = torch.tensor([*skipped, stop], device=acc.device)
         local = torch.cat([sums / self.batches.grad_accum_steps, grad_norm.reshape(1),
-                           self.activity.read(acc.device), stop_flag])
+                           self.activity.read(acc.device), host_values])
         reduced = acc.reduce(local, reduction="sum")
         values = reduced.tolist()  # the step's one host sync
+        self.state.skipped_samples += round(values[-3])
+        self.state.bad_shards += round(values[-2])
         world = acc.num_processes
         stats = {name: values[i] / world for i, name in enumerate(STAT_NAMES)}
         stats["grad_norm"] = values[5] / world  # identical on every rank; the mean is that value
@@ -284,8 +309,6 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.accelerator.device
-        self.state.skipped_samples += batch["skipped"][0]
-        self.state.bad_shards += batch["skipped"][1]
         self.state.batches_consumed += 1
         gt_btchw = batch["gt"].to(device, non_blocking=True).float().div_(255)
         if "lr" in batch:

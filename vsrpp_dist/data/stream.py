@@ -42,6 +42,14 @@ CLIP_FRAMES = 5
 class DataStreamError(RuntimeError):
     """The stream cannot go on (no usable data, bad settings); the message says what to fix."""
 
+    def __init__(self, message: str) -> None:
+        # A loader worker's error reaches the rank through torch's ExceptionWrapper.reraise, which builds
+        # DataStreamError("Caught DataStreamError in DataLoader worker process N.\nOriginal Traceback ...
+        # DataStreamError: MESSAGE"). The user needs MESSAGE, one line, not the worker's stack.
+        if message.startswith(f"Caught {type(self).__name__} ") and "\nOriginal Traceback" in message:
+            message = message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
 
 def _generator(*words: int) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(w) for w in words])))

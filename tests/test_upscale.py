@@ -1,0 +1,382 @@
+"""`python -m vsrpp_dist.upscale` and the inference pieces under it: windows, tiles, receptive field,
+checkpoint loading, frame folders and videos in and out, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vsrpp_dist import upscale
+from vsrpp_dist.checkpoint import WEIGHTS_FORMAT, WEIGHTS_NAME, point_symlink
+from vsrpp_dist.cli import run_cli
+from vsrpp_dist.config import ModelConfig, config_to_dict
+from vsrpp_dist.inference import (
+    USER_ERRORS,
+    ClipUpscaler,
+    load_model,
+    receptive_radius,
+    sliding_windows,
+    tile_spans,
+    to_uint8,
+)
+from vsrpp_dist.model import build_model
+from vsrpp_dist.validate import window_indices
+
+from .conftest import ROOT
+
+TINY = dict(channels=8, extract_blocks=1, propagation_blocks=1, reconstruction_blocks=1, upsample_channels=8)
+LR_HW = (24, 30)
+FRAMES = 7
+
+
+def save_weights(path: Path, seed: int = 0, model_config: dict | None = None, **overrides) -> Path:
+    """An exported weights file as Trainer.export_weights writes it, of a tiny randomly initialised model."""
+    cfg = ModelConfig(**{**TINY, **overrides})
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    payload = {"format": WEIGHTS_FORMAT, "version": 1, "model_config": model_config or config_to_dict(cfg),
+               "state_dict": {k: v.detach().float().contiguous() for k, v in model.state_dict().items()},
+               "ema": False, "step": 7}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def run(capsys, module, *argv) -> tuple[int, str, str]:
+    """A command in-process through run_cli, as `python -m` runs it."""
+    rc = run_cli(module.main, [str(a) for a in argv], prog=module.PROG, extra_user_errors=USER_ERRORS)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def write_video(path: Path, frames: list[np.ndarray], rate=Fraction(30000, 1001)) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def read_video(path: Path) -> tuple[list[np.ndarray], Fraction]:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return frames, Fraction(stream.average_rate)
+
+
+def read_pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_NAME)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """One folder of 7 real-photo frames at 24x30 (the LR input of upscale)."""
+    from vsrpp_dist.demo_data import write_frame_folders
+
+    root = tmp_path_factory.mktemp("clip")
+    return write_frame_folders(root, sequences=1, frames=FRAMES, frame_hw=LR_HW, seed=3)[0]
+
+
+@pytest.fixture(scope="module")
+def clip_frames(clip) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in sorted(clip.glob("*.png"))]
+
+
+@pytest.fixture(scope="module")
+def clip_mp4(clip_frames, tmp_path_factory) -> Path:
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", clip_frames)
+
+
+def reference_sr(weights: Path, frames: list[np.ndarray], index: int) -> np.ndarray:
+    """Frame `index` restored directly with the model from its mirrored window, rounded to 8 bits."""
+    loaded = load_model(weights, torch.device("cpu"))
+    window = [torch.from_numpy(frames[i].copy()).permute(2, 0, 1) for i in window_indices(index, len(frames))]
+    with torch.no_grad():
+        sr = loaded.model(torch.stack(window)[None].float() / 255).clamp(0, 1)
+    return to_uint8(sr)[0].permute(1, 2, 0).numpy()
+
+
+# -- receptive field and tiles -----------------------------------------------------------------------
+
+
+def test_receptive_radius_formula_for_the_shipped_sizes():
+    assert receptive_radius(ModelConfig()) == 66  # default: 5/10/5 blocks
+    assert receptive_radius(ModelConfig(channels=32, extract_blocks=2, propagation_blocks=3,
+                                        reconstruction_blocks=2, upsample_channels=32)) == 26  # demo
+    assert receptive_radius(ModelConfig(**TINY)) == 14
+
+
+@pytest.mark.parametrize("blocks", [(1, 1, 1), (0, 2, 2)])
+def test_receptive_radius_is_exactly_the_gradient_support(blocks):
+    """The LR pixels an output pixel depends on are where its gradient is non-zero; over the three HR
+    pixels of one LR cell they reach exactly `radius` LR pixels on each side, so the formula is neither
+    short (tiles would differ) nor loose (tiles would waste work)."""
+    e, p, r = blocks
+    cfg = ModelConfig(channels=4, extract_blocks=e, propagation_blocks=p, reconstruction_blocks=r, upsample_channels=4)
+    radius = receptive_radius(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg).double().eval()
+    size = 2 * radius + 5
+    q = size // 2
+    lr = torch.rand(1, 5, 3, size, size, dtype=torch.float64, requires_grad=True)
+    sr = model(lr)
+    rows, cols = set(), set()
+    for a in range(3):
+        for b in range(3):
+            (grad,) = torch.autograd.grad(sr[0, :, 3 * q + a, 3 * q + b].sum(), lr, retain_graph=True)
+            support = grad.abs().sum(dim=(0, 1, 2)).nonzero()
+            rows.update(support[:, 0].tolist())
+            cols.update(support[:, 1].tolist())
+    assert (min(rows), max(rows)) == (q - radius, q + radius)
+    assert (min(cols), max(cols)) == (q - radius, q + radius)
+
+
+def test_tile_spans_cover_the_frame_with_uniform_inputs():
+    for size, tile, pad in [(41, 7, 14), (53, 5, 3), (30, 11, 2), (10, 4, 20), (9, 9, 3), (100, 1, 0)]:
+        spans = tile_spans(size, tile, pad)
+        covered = [i for s in spans for i in range(s.core_start, s.core_end)]
+        assert covered == list(range(size))
+        assert len({s.in_end - s.in_start for s in spans}) == 1  # one shape: tiles batch, cuDNN tunes once
+        for s in spans:
+            assert 0 <= s.in_start <= s.core_start < s.core_end <= s.in_end <= size
+            assert s.core_start - s.in_start >= pad or s.in_start == 0
+            assert s.in_end - s.core_end >= pad or s.in_end == size
+    assert tile_spans(20, 0, 5) == tile_spans(20, 25, 5) == [tile_spans(20, 0, 5)[0]]
+
+
+def test_tiled_equals_untiled_at_odd_sizes(weights):
+    device = torch.device("cpu")
+    loaded = load_model(weights, device)
+    torch.manual_seed(1)
+    lr = torch.rand(2, 5, 3, 41, 53)
+    whole = ClipUpscaler(loaded, device)(lr)
+    assert whole.shape == (2, 3, 123, 159)
+    for tile in (5, 7, 11):
+        tiled = ClipUpscaler(loaded, device, tile=tile)(lr)
+        assert (tiled - whole).abs().max().item() < 1e-5, tile
+    # the overlap is what makes them equal: with almost none the tile borders show
+    short = ClipUpscaler(loaded, device, tile=7)
+    short.radius = 1
+    assert (short(lr) - whole).abs().max().item() > 1e-4
+
+
+# -- windows -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3])
+def test_sliding_windows_match_validation_and_read_ahead_little(batch):
+    for n in range(0, 9):
+        read = []
+
+        def frames():
+            for i in range(n):
+                read.append(i)
+                yield i
+
+        got = []
+        for windows in sliding_windows(frames(), batch):
+            assert len(windows) <= batch
+            # never more than the window of the last centre in the batch (+1 to notice the end)
+            assert len(read) <= windows[-1][0] + 3
+            got += windows
+        assert got == [(c, window_indices(c, n)) for c in range(n)]
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+
+def test_frame_folder_to_png_folder(weights, clip, clip_frames, tmp_path, capsys):
+    out = tmp_path / "sr"
+    rc, stdout, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", out, "--batch", 3,
+                        "--quiet")
+    assert rc == 0, stdout
+    frames = read_pngs(out)
+    assert list(frames) == sorted(p.name for p in clip.glob("*.png"))  # input names kept
+    assert all(f.shape == (72, 90, 3) and f.dtype == np.uint8 for f in frames.values())
+    assert f"upscaled {FRAMES} frames 30x24 -> 90x72" in stdout
+    names = list(frames)
+    for index in (0, 3, FRAMES - 1):  # the mirrored ends and the middle
+        np.testing.assert_array_equal(frames[names[index]], reference_sr(weights, clip_frames, index))
+
+
+def test_tiled_command_matches_whole_frames(weights, tmp_path, capsys):
+    from vsrpp_dist.demo_data import write_frame_folders
+
+    # odd sizes, and large enough for tiles of 7 plus the radius (14) of context on both sides
+    clip = write_frame_folders(tmp_path / "in", sequences=1, frames=5, frame_hw=(45, 57), seed=4)[0]
+    assert run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", tmp_path / "a", "--quiet")[0] == 0
+    assert run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", tmp_path / "b", "--tile", 7,
+               "--batch", 2, "--quiet")[0] == 0
+    a, b = read_pngs(tmp_path / "a"), read_pngs(tmp_path / "b")
+    assert a.keys() == b.keys()
+    # 8-bit values may flip where the float sits on a rounding boundary; nothing more
+    assert max(np.abs(a[k].astype(int) - b[k].astype(int)).max() for k in a) <= 1
+
+
+def test_mp4_to_frames_and_mp4_to_mp4_keeps_count_and_rate(weights, clip_mp4, tmp_path, capsys):
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip_mp4, "--output", tmp_path / "frames",
+                   "--quiet")
+    assert rc == 0
+    frames = read_pngs(tmp_path / "frames")
+    assert list(frames) == [f"{i:08d}.png" for i in range(FRAMES)]
+    assert all(f.shape == (72, 90, 3) for f in frames.values())
+    decoded, _ = read_video(clip_mp4)
+    np.testing.assert_array_equal(frames["00000000.png"], reference_sr(weights, decoded, 0))
+
+    out = tmp_path / "x3.mp4"
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip_mp4, "--output", out, "--quiet")
+    assert rc == 0
+    video, rate = read_video(out)
+    assert rate == Fraction(30000, 1001)
+    assert len(video) == FRAMES and video[0].shape == (72, 90, 3)
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    # crf 16 4:2:0 H.264 of the same frames (noisy ones: the model is untrained): close, not equal
+    mse = np.mean((video[0].astype(float) - frames["00000000.png"]) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 30
+
+
+def test_frame_folder_to_video_uses_fps(weights, clip, tmp_path, capsys):
+    out = tmp_path / "x3.mkv"
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", out, "--fps", "12",
+                   "--limit", 5, "--quiet")
+    assert rc == 0
+    video, rate = read_video(out)
+    assert len(video) == 5 and rate == 12
+
+
+def test_checkpoint_folder_and_symlink_work(weights, clip, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    folder = run_dir / "checkpoints" / "final-00000007"
+    folder.mkdir(parents=True)
+    (folder / WEIGHTS_NAME).write_bytes(weights.read_bytes())
+    (folder / "meta.json").write_text(json.dumps({"format": "vsrpp-checkpoint", "step": 7}))
+    point_symlink(run_dir / "checkpoint_best", folder)
+    outputs = {}
+    for name, checkpoint in (("file", weights), ("folder", folder), ("link", run_dir / "checkpoint_best")):
+        rc, _, err = run(capsys, upscale, "--checkpoint", checkpoint, "--input", clip, "--output", tmp_path / name,
+                         "--limit", 5, "--quiet")
+        assert rc == 0, err
+        assert "weights of step 7" in err
+        outputs[name] = read_pngs(tmp_path / name)
+    for name in ("folder", "link"):
+        for key, frame in outputs["file"].items():
+            np.testing.assert_array_equal(outputs[name][key], frame)
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+def _bad_cases(tmp: Path, weights: Path, clip: Path) -> dict[str, tuple[list, str]]:
+    wrong_fit = dict(config_to_dict(ModelConfig(**TINY)), channels=16)
+    save_weights(tmp / "wrong_fit.pt", model_config=wrong_fit)
+    save_weights(tmp / "x4.pt", model_config=dict(config_to_dict(ModelConfig(**TINY)), scale=4))
+    (tmp / "empty").mkdir()
+    (tmp / "empty" / "notes.txt").write_text("no frames here")
+    mixed = tmp / "mixed"
+    mixed.mkdir()
+    for i, size in enumerate([(30, 24), (30, 24), (33, 24), (30, 24), (30, 24)]):
+        Image.new("RGB", size).save(mixed / f"{i:03d}.png")
+    two = tmp / "two"
+    for name in ("a", "b"):
+        (two / name).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (30, 24)).save(two / name / f"{i}.png")
+    (tmp / "taken.mp4").write_bytes(b"the user's video")
+    base = ["--checkpoint", weights, "--input", clip, "--output", tmp / "out", "--quiet"]
+
+    def replace(flag, value):
+        args = list(base)
+        args[args.index(flag) + 1] = value
+        return args
+
+    return {
+        "missing checkpoint": (replace("--checkpoint", tmp / "nope"), "nope: no such checkpoint"),
+        "weights do not fit config": (replace("--checkpoint", tmp / "wrong_fit.pt"), "do not fit its model_config"),
+        "another scale": (replace("--checkpoint", tmp / "x4.pt"), "model.scale: 4 is not one of 3"),
+        "missing input": (replace("--input", tmp / "nothing"), "nothing: no such file or folder"),
+        "folder without frames": (replace("--input", tmp / "empty"), "empty: no image frames"),
+        "mixed frame sizes": (replace("--input", mixed), "002.png: frame is 33x24"),
+        "several sequences": (replace("--input", two), "holds 2 sequences"),
+        "existing video output": (replace("--output", tmp / "taken.mp4"), "taken.mp4: exists"),
+        "image file as output": (replace("--output", tmp / "out.png"), "give a folder for PNG frames or a video"),
+        "bad tile": (base + ["--tile", "-3"], "--tile: -3 is below the minimum 0"),
+    }
+
+
+def test_bad_input_is_one_line_and_exit_2(weights, clip, tmp_path, capsys):
+    for name, (argv, expected) in _bad_cases(tmp_path, weights, clip).items():
+        try:
+            rc, _, err = run(capsys, upscale, *argv)
+        except SystemExit as stop:  # argparse's own errors exit from inside main
+            rc, err = stop.code, capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert rc == 2, (name, err)
+        assert len(lines) == 1 and expected in lines[0], (name, err)
+    assert (tmp_path / "taken.mp4").read_bytes() == b"the user's video"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_a_clear_error(weights, clip, tmp_path, capsys):
+    rc, _, err = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", tmp_path / "o",
+                     "--device", "cuda", "--quiet")
+    assert rc == 2 and "no CUDA GPU is available" in err
+
+
+def test_module_entry_point_reports_one_line(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "vsrpp_dist.upscale", "--checkpoint", str(tmp_path / "none"),
+                           "--input", str(tmp_path), "--output", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"python -m vsrpp_dist.upscale: error: {tmp_path}: no image frames "
+                                                f"(.png, .jpg, .jpeg, .bmp, .webp, .tif, .tiff) or videos "
+                                                f"(.mp4, .mkv, .avi, .mov, .webm) in it or below it"]
+
+
+def test_help_names_every_option(capsys):
+    with pytest.raises(SystemExit) as stop:
+        upscale.main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--checkpoint", "--input", "--output", "--batch", "--tile", "--device", "--amp", "--crf", "--fps",
+                   "--limit", "--overwrite", "--quiet"):
+        assert option in text
+
+
+# -- GPU -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_matches_cpu_and_amp_runs(weights):
+    torch.manual_seed(2)
+    lr = torch.rand(2, 5, 3, 40, 52)
+    cpu = ClipUpscaler(load_model(weights, torch.device("cpu")), torch.device("cpu"))(lr)
+    gpu_device = torch.device("cuda")
+    loaded = load_model(weights, gpu_device)
+    gpu = ClipUpscaler(loaded, gpu_device, tile=9)(lr).cpu()
+    assert (gpu - cpu).abs().max().item() < 2e-3  # TF32 convolutions
+    amp = ClipUpscaler(loaded, gpu_device, amp=True)(lr).cpu()
+    assert amp.shape == cpu.shape and (amp - cpu).abs().mean().item() < 1e-2

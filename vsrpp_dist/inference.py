@@ -1,0 +1,440 @@
+"""What `upscale` and `evaluate` share: a model from a checkpoint, its receptive field, and windowed,
+tiled inference over a stream of frames.
+
+Windows. Frame i is restored from frames i-2..i+2, mirrored at the sequence ends exactly as in
+validation (`validate.window_indices`: frame 0 sees 2, 1, 0, 1, 2). Frames arrive one at a time from a
+decoder and sit in a sliding buffer that holds only what the next batch of windows needs (batch + 4
+frames), so a two-hour video never sits in memory whole. The end of the sequence is known only when
+the decoder runs dry; until then no window reaches past the last frame read, so none needs mirroring.
+
+Tiles. A large frame is cut into LR tiles of `tile` x `tile` pixels ("cores"), each run with
+`receptive_radius` pixels of real context around it (fewer at the image border, where the untiled
+model zero-pads just the same), and only the core's x3 output is kept. Every output pixel then sees
+exactly the inputs it sees untiled, so tiled output equals untiled output up to float rounding
+(convolution algorithms differ with the input size). All tiles share one size, with tiles at the
+bottom/right shifted inwards, so they batch and cuDNN autotunes one shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, load_exported_weights
+from .cli import int_at_least
+from .config import ConfigError, ModelConfig, load_config
+from .data.sources import Sequence, SequenceError, SourceError, read_frames
+from .model import build_model
+from .validate import window_indices
+from .wrapping import to_channels_last
+
+T = TypeVar("T")
+
+
+class InferenceError(ValueError):
+    """A user error in an inference command (bad input, output in the way); one line naming it."""
+
+
+# What `run_cli` reports as one line (exit 2) on top of its own list: the sources module's errors name
+# the path already.
+USER_ERRORS = (InferenceError, SourceError, SequenceError)
+
+
+# -- the receptive field -----------------------------------------------------------------------------
+
+
+def receptive_radius(model_cfg: ModelConfig) -> int:
+    """How far (in LR pixels, per side) an output pixel can see: the tile overlap that makes tiled
+    output exact.
+
+    Each 3x3 convolution at LR resolution widens the field by 1 pixel per side, so the radius is the
+    number of them on the longest input-to-output path:
+
+        feature extractor  1 + 2*extract_blocks                 (conv_in, two convs per residual block)
+        propagation        (num_frames // 2) * (1 + 2*propagation_blocks)
+                           (the centre frame's features pass every recurrent step of a branch; each step
+                            is the fuse conv plus its trunk)
+        fusion             1
+        reconstruction     2*reconstruction_blocks
+        upsampler          1   (the conv before the pixel shuffle)
+        HR conv            1   (3x3 at x3 resolution reaches 1 HR pixel into the neighbouring LR pixel)
+
+    radius = 4 + 2*E + (T//2)*(1 + 2*P) + 2*R for E/P/R blocks and T frames; the default model
+    (5/10/5 blocks, 5 frames) gives 66, the demo model (2/3/2) 26. The bicubic global residual needs 2
+    LR pixels, always less. Residual skips are shorter paths and do not widen it.
+    """
+    lr_convs = (1 + 2 * model_cfg.extract_blocks
+                + (model_cfg.num_frames // 2) * (1 + 2 * model_cfg.propagation_blocks)
+                + 1 + 2 * model_cfg.reconstruction_blocks + 1)
+    hr_conv = 1
+    bicubic = 2
+    return max(lr_convs + hr_conv, bicubic)
+
+
+@dataclass(frozen=True)
+class Span:
+    """One tile along one axis, in LR pixels: the input [in_start, in_end) that is run, and the core
+    [core_start, core_end) whose output is kept."""
+
+    in_start: int
+    in_end: int
+    core_start: int
+    core_end: int
+
+
+def tile_spans(size: int, tile: int, pad: int) -> list[Span]:
+    """Cores of `tile` pixels covering [0, size), each with `pad` pixels of context where the image has
+    them. Every input span has the same length, tile + 2*pad, or is the whole axis."""
+    if tile <= 0 or tile + 2 * pad >= size:
+        return [Span(0, size, 0, size)]  # one tile with its context would be the whole frame anyway
+    length = tile + 2 * pad
+    spans = []
+    for core_start in range(0, size, tile):
+        core_end = min(core_start + tile, size)
+        in_start = min(max(core_start - pad, 0), size - length)
+        span = Span(in_start, in_start + length, core_start, core_end)
+        # context on each side: the full pad, or the image border (zero padding, as untiled)
+        assert span.core_start - span.in_start >= pad or span.in_start == 0, span
+        assert span.in_end - span.core_end >= pad or span.in_end == size, span
+        spans.append(span)
+    return spans
+
+
+# -- the model ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    model_cfg: ModelConfig
+    source: str  # what the user named
+    step: int
+    ema: bool
+
+    @property
+    def radius(self) -> int:
+        return receptive_radius(self.model_cfg)
+
+    def describe(self) -> str:
+        c = self.model_cfg
+        weights = "EMA weights" if self.ema else "weights"
+        return (f"{self.source}: {weights} of step {self.step}, {c.name} channels={c.channels} blocks="
+                f"{c.extract_blocks}/{c.propagation_blocks}/{c.reconstruction_blocks}, "
+                f"receptive radius {self.radius} LR px")
+
+
+def model_config_from_dict(values: dict, where: str) -> ModelConfig:
+    """The checkpoint's model_config, validated by the config loader (unknown keys, another scale or
+    architecture are refused with the key named)."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where}: has no model_config")
+    try:
+        return load_config(None, [f"model.{key}={value}" for key, value in values.items()]).model
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: its model_config is not a model this version builds ({err})") from None
+
+
+def _state_dict_mismatch(model: nn.Module, state_dict: dict) -> str | None:
+    """The first way `state_dict` does not fit `model`, in words; None when it fits."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    if missing:
+        return f"{len(missing)} weights missing (first: {missing[0]})"
+    if unexpected:
+        return f"{len(unexpected)} weights the model does not have (first: {unexpected[0]})"
+    for key, tensor in expected.items():
+        given = state_dict[key]
+        if not isinstance(given, torch.Tensor) or given.shape != tensor.shape:
+            shape = tuple(given.shape) if isinstance(given, torch.Tensor) else type(given).__name__
+            return f"{key} is {shape} in the file, the model needs {tuple(tensor.shape)}"
+    return None
+
+
+def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
+    """The model in eval mode on `device`, from a checkpoint folder, a symlink to one (RUN/checkpoint_best)
+    or the exported weights file."""
+    payload = load_exported_weights(checkpoint)
+    model_cfg = model_config_from_dict(payload.get("model_config"), str(checkpoint))
+    model = build_model(model_cfg)
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{checkpoint}: has no state_dict")
+    problem = _state_dict_mismatch(model, state_dict)
+    if problem:
+        c = model_cfg
+        raise CheckpointError(f"{checkpoint}: the weights do not fit its model_config (channels={c.channels}, "
+                              f"blocks={c.extract_blocks}/{c.propagation_blocks}/{c.reconstruction_blocks}, "
+                              f"upsample_channels={c.upsample_channels}): {problem}")
+    model.load_state_dict(state_dict)
+    model.eval().requires_grad_(False).to(device)
+    if device.type == "cuda":
+        to_channels_last(model)  # as in training: cuDNN's native layout for tensor cores
+    return LoadedModel(model, model_cfg, str(checkpoint), int(payload.get("step", -1)), bool(payload.get("ema")))
+
+
+def resolve_device(text: str) -> torch.device:
+    """'auto' (the GPU when there is one), 'cpu', 'cuda', 'cuda:N'."""
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise InferenceError(f"--device {text}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InferenceError(f"--device {text}: only cpu and cuda are supported")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InferenceError(f"--device {text}: no CUDA GPU is available (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InferenceError(f"--device {text}: only {torch.cuda.device_count()} GPU(s) here")
+    return device
+
+
+# -- inference ---------------------------------------------------------------------------------------
+
+
+class ClipUpscaler:
+    """5-frame LR clips in, the centre frames x3 out, whole or in tiles, optionally in mixed precision."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, tile: int = 0, amp: bool = False) -> None:
+        self.model = loaded.model
+        self.scale = loaded.model_cfg.scale
+        self.radius = loaded.radius
+        self.device = device
+        self.tile = tile
+        self.amp_dtype = None
+        if amp:
+            # bf16 keeps fp32's range (no overflow in deep trunks); fp16 only where bf16 is missing
+            bf16 = device.type == "cpu" or torch.cuda.is_bf16_supported()
+            self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one tile shape (or one frame size) per run
+
+    @torch.inference_mode()
+    def __call__(self, lr_btchw: torch.Tensor) -> torch.Tensor:
+        """(B, 5, 3, h, w) uint8 or [0, 1] floats -> (B, 3, 3h, 3w) float32 in [0, 1] on the device."""
+        lr_btchw = lr_btchw.to(self.device, non_blocking=True)
+        if not lr_btchw.is_floating_point():
+            lr_btchw = lr_btchw.float().div_(255)
+        b, _, c, h, w = lr_btchw.shape
+        s = self.scale
+        rows = tile_spans(h, self.tile, self.radius)
+        cols = tile_spans(w, self.tile, self.radius)
+        if len(rows) == 1 and len(cols) == 1:
+            return self._forward(lr_btchw)
+        sr_bchw = torch.empty(b, c, s * h, s * w, device=self.device)
+        for row in rows:
+            for col in cols:
+                tile_sr = self._forward(lr_btchw[..., row.in_start:row.in_end, col.in_start:col.in_end])
+                y0, y1 = s * (row.core_start - row.in_start), s * (row.core_end - row.in_start)
+                x0, x1 = s * (col.core_start - col.in_start), s * (col.core_end - col.in_start)
+                sr_bchw[..., s * row.core_start:s * row.core_end, s * col.core_start:s * col.core_end] = \
+                    tile_sr[..., y0:y1, x0:x1]
+        return sr_bchw
+
+    def _forward(self, lr_btchw: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            sr = self.model(lr_btchw)
+        # mixed precision can overflow to inf/NaN in a bad spot; never let that reach an 8-bit frame
+        return torch.nan_to_num(sr.float(), nan=0.0).clamp_(0, 1)
+
+
+def to_uint8(sr_bchw: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> uint8 on the CPU, rounded (halves to even) as the metrics' `quantize` does."""
+    return sr_bchw.clamp(0, 1).mul(255).round_().to(torch.uint8).cpu()
+
+
+def sliding_windows(items: Iterable[T], batch_size: int, length: int = 5) -> Iterator[list[tuple[int, list[T]]]]:
+    """Batches of (centre index, the `length` items of its window), in order, mirrored at both ends
+    like `validate.window_indices`. Reads `items` lazily and holds at most batch_size + length - 1 of
+    them; yields nothing for an empty stream."""
+    half = length // 2
+    iterator = iter(items)
+    buffer: dict[int, T] = {}
+    read = 0  # items read so far
+    total: int | None = None  # known once the stream runs dry
+    centre = 0
+    batch: list[tuple[int, list[T]]] = []
+    while True:
+        while total is None and read <= centre + half:
+            try:
+                buffer[read] = next(iterator)
+                read += 1
+            except StopIteration:
+                total = read
+        if total is not None and centre >= total:
+            break
+        # Before the end is known, every index of the window has been read, so `read` stands in for
+        # the length: window_indices mirrors only past it, which no index reaches.
+        batch.append((centre, [buffer[i] for i in window_indices(centre, total or read, length)]))
+        centre += 1
+        # mirrored windows never reach back further than centre - half
+        for old in [i for i in buffer if i < centre - half]:
+            del buffer[old]
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# -- reading frames ----------------------------------------------------------------------------------
+
+
+def frame_size_of_folder(seq: Sequence) -> tuple[int, int]:
+    """(H, W) of a frame-folder sequence, read from the image headers only (cheap), so mixed sizes are
+    refused before any work or output."""
+    from PIL import Image
+
+    first: tuple[int, int] | None = None
+    for path in seq.frames:
+        try:
+            with Image.open(path) as image:
+                size = (image.height, image.width)
+        except Exception as err:  # PIL raises OSError, SyntaxError, ... for broken files
+            raise InferenceError(f"{path}: cannot read this frame ({err})") from None
+        if first is None:
+            first = size
+        elif size != first:
+            raise InferenceError(f"{path}: frame is {size[1]}x{size[0]} (WxH) but {Path(seq.frames[0]).name} is "
+                                 f"{first[1]}x{first[0]}; all frames of a sequence must have one size")
+    assert first is not None, "scan_source never returns an empty frame folder"
+    return first
+
+
+def read_frames_chw(seq: Sequence, limit: int = 0) -> Iterator[torch.Tensor]:
+    """The frames of a sequence as (3, H, W) uint8 tensors, streamed, the first `limit` only (0: all).
+    A frame of another size than the first, or one that cannot be decoded, stops with a user error."""
+    first: tuple[int, int] | None = None
+    frames = read_frames(seq)
+    for index in range(limit or sys.maxsize):
+        try:
+            frame_hwc = next(frames)
+        except StopIteration:
+            return
+        except SequenceError as err:
+            raise InferenceError(f"{seq.path}: {err}") from None
+        size = frame_hwc.shape[:2]
+        if first is None:
+            first = size
+        elif size != first:
+            raise InferenceError(f"{seq.path}: frame {index} is {size[1]}x{size[0]} (WxH) but frame 0 is "
+                                 f"{first[1]}x{first[0]}; all frames of a sequence must have one size")
+        if not frame_hwc.flags.writeable:  # PIL's arrays are read-only views of its buffer
+            frame_hwc = frame_hwc.copy()
+        yield torch.from_numpy(frame_hwc).permute(2, 0, 1)
+
+
+# -- writing frames ----------------------------------------------------------------------------------
+
+# zlib level 3: 15 % larger files than the default 6 at less than half the time (0.23 s vs 0.53 s for
+# a 2880x1620 frame), which keeps a GPU from waiting on the encoder.
+PNG_COMPRESS_LEVEL = 3
+
+
+def frame_names(seq: Sequence) -> Callable[[int], str]:
+    """PNG name of output frame i: the input frame's own name where those are unique (a frame folder),
+    else its number (00000000.png, ...)."""
+    if seq.kind == "frames":
+        stems = [Path(f).stem + ".png" for f in seq.frames]
+        if len(set(stems)) == len(stems):
+            return lambda index: stems[index]
+    return numbered_frame_name
+
+
+def numbered_frame_name(index: int) -> str:
+    return f"{index:08d}.png"
+
+
+class PngFolder:
+    """Frames as PNG files in a folder, created with the first frame (a run that fails before it leaves
+    nothing behind)."""
+
+    def __init__(self, folder: Path, name_of: Callable[[int], str]) -> None:
+        self.folder = folder
+        self.name_of = name_of
+
+    def write(self, index: int, frame_hwc: np.ndarray) -> None:
+        from PIL import Image
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame_hwc).save(self.folder / self.name_of(index), compress_level=PNG_COMPRESS_LEVEL)
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass  # frames written so far stay: they are complete files, and the user's
+
+
+class BackgroundWriter:
+    """Runs the sink's writes on worker threads so encoding overlaps with the model (PNG and H.264
+    encoders release the GIL). At most `max_pending` frames wait, so memory stays bounded; one thread
+    keeps a video's frames in order. A failed write surfaces at the next submit or at `close`."""
+
+    def __init__(self, sink, threads: int, max_pending: int) -> None:
+        self.sink = sink
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="upscale-writer")
+        self.pending: deque[Future] = deque()
+        self.max_pending = max_pending
+
+    def submit(self, index: int, frame_hwc: np.ndarray) -> None:
+        while len(self.pending) >= self.max_pending:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self.sink.write, index, frame_hwc))
+
+    def close(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+        self.pool.shutdown(wait=True)
+        self.sink.close()
+
+    def abort(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.sink.abort()
+
+
+def note(message: str) -> None:
+    """A remark for the user that is not an error (stderr, so stdout stays the result)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
+# -- arguments both commands share -------------------------------------------------------------------
+
+
+
+def add_checkpoint_argument(parser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="C",
+                        help="a checkpoint folder, a symlink to one (RUN/checkpoint_best, RUN/checkpoint_latest) "
+                             "or its exported weights.pt")
+
+
+def add_inference_arguments(parser) -> None:
+    """How inference runs: batch, tiles, device, precision, how much, how loud."""
+    parser.add_argument("--batch", type=int_at_least(1), default=1, metavar="N",
+                        help="frames (5-frame windows) per forward pass (default 1; more helps on a GPU)")
+    parser.add_argument("--tile", type=int_at_least(0), default=0, metavar="N",
+                        help="run LR tiles of NxN pixels with enough overlap (the model's receptive radius) "
+                             "that the output equals whole-frame processing; bounds memory for large "
+                             "frames (0: whole frames, the default)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--amp", action="store_true",
+                        help="mixed precision: bf16 (fp16 on GPUs without bf16); faster on GPUs, output "
+                             "differs slightly from fp32; on a CPU it is bf16 and rarely faster")
+    parser.add_argument("--limit", type=int_at_least(1), default=0, metavar="N",
+                        help="only the first N frames of each sequence (they count as the whole sequence: "
+                             "the last windows mirror at frame N)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
