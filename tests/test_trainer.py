@@ -327,3 +327,38 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_training_goes_on(t
     log = (run_dir / "training.log").read_text()
     assert "checkpoint rolling-00000004 could not be written (OSError: [Errno 28] No space left on device); " \
            "rolling-00000002 stays the latest; training continues" in log
+
+
+@pytest.mark.parametrize("threshold", [1e-4, 1e6])
+def test_gradients_reach_the_optimizer_clipped_to_the_adaptive_threshold(train_shards, val_shards, tmp_path,
+                                                                         threshold):
+    """Clipping is skipped when the (all-reduced) norm is under the threshold: both sides are checked."""
+    seen = []
+
+    def patch(trainer):
+        trainer.adaptive.clip_threshold = threshold
+        trainer.adaptive.maybe_update = lambda step: False  # keep the threshold fixed for the run
+        real_step = trainer.optimizer.step
+
+        def step(*args, **kwargs):
+            grads = [p.grad for p in trainer.params if p.grad is not None]
+            seen.append(float(torch.nn.utils.get_total_norm(grads)))
+            return real_step(*args, **kwargs)
+
+        trainer.optimizer.step = step
+        real_train_step = trainer.train_step
+
+        def train_step(batches):
+            result = real_train_step(batches)
+            norms.append(result.stats["grad_norm"])
+            return result
+
+        trainer.train_step = train_step
+
+    norms = []
+    trainer, code = train(make_config(tmp_path / "run", train_shards, val_shards, "train.total_steps=3",
+                                      "validation.every=0"), patch=patch)
+    assert code == 0 and len(seen) == len(norms) == 3
+    for applied, raw in zip(seen, norms):
+        assert applied == pytest.approx(min(raw, threshold), rel=1e-4)
+    assert all(raw > 1e-4 for raw in norms)  # the small threshold really clipped

@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from .cli import int_at_least
 from .config import load_config
 from .imresize import downscale
 from .loss import HybridLoss, LossWeights
@@ -37,8 +39,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--config", required=True, help="training config (configs/*.yaml)")
     p.add_argument("--shards", help="packed training shards (default: data.train_shards, else demo shards made "
                                     "in a temporary folder)")
-    p.add_argument("--steps", type=int, default=30, help="measured steps per loop")
-    p.add_argument("--warmup", type=int, default=5, help="unmeasured steps first (allocator, cuDNN autotune)")
+    p.add_argument("--steps", type=int_at_least(1), default=30, help="measured steps per loop")
+    p.add_argument("--warmup", type=int_at_least(1), default=5, help="unmeasured steps first (allocator, cuDNN autotune)")
+    p.add_argument("--rounds", type=int_at_least(1), default=1,
+                   help="trainer runs, each between two bare runs (bare, trainer, bare, trainer, bare, ...); the "
+                        "overhead is the median over rounds of trainer / mean of its two neighbours")
     p.add_argument("--matmul-peak", action="store_true", help="also measure the device's dense matmul rate")
     p.add_argument("--json", help="write the figures here")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
@@ -103,11 +108,13 @@ def trainer_loop(cfg, steps: int, warmup: int) -> dict:
 
     trainer = Trainer(cfg, StartRequest(fresh=True), interactive=False)
     stamps: list[float] = []
+    waits: list[float] = []
     real_step = trainer.train_step
 
     def timed_step(batches):
         result = real_step(batches)
         stamps.append(time.perf_counter())
+        waits.append(result.data_wait_s)
         return result
 
     trainer.train_step = timed_step
@@ -120,10 +127,12 @@ def trainer_loop(cfg, steps: int, warmup: int) -> dict:
         trainer.close()
     # stamps[i] is the end of step i+1; the measured span covers steps warmup+1 .. warmup+steps
     seconds = (stamps[warmup + steps - 1] - stamps[warmup - 1]) / steps
+    data_wait = sum(waits[warmup: warmup + steps]) / (seconds * steps)
     plan = trainer.batches
-    return {"s_per_iter": seconds, "clips_per_s": plan.global_batch_size / seconds,
+    return {"s_per_iter": seconds, "clips_per_s": plan.global_batch_size / seconds, "data_wait_fraction": data_wait,
             "clips_per_s_per_rank": plan.batch_size_per_gpu * plan.grad_accum_steps / seconds,
             "batch_size_per_gpu": plan.batch_size_per_gpu, "grad_accum_steps": plan.grad_accum_steps,
+            "global_batch": plan.global_batch_size,
             "world_size": plan.world_size, "precision": trainer.device_plan.mixed_precision,
             "activation_checkpointing": trainer.cfg.train.activation_checkpointing
             or trainer.device_plan.profile == "6gb",
@@ -173,7 +182,7 @@ def run(args) -> int:
         plan = plan_device(cfg.train, world)
         batch_size, checkpointing = profile_settings(cfg, plan)
         device = local_cuda_device() or torch.device("cpu")
-        if plan.device_type == "cpu" and (threads := cpu_threads(cfg.data.num_workers)) is not None:
+        if plan.device_type == "cpu" and (threads := cpu_threads()) is not None:
             torch.set_num_threads(threads)  # as the trainer does, so both loops get the same cores
         figures = {"date": time.strftime("%Y-%m-%d %H:%M"), "config": args.config, "overrides": args.overrides,
                    "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -182,19 +191,32 @@ def run(args) -> int:
         forward = conv_flops_per_clip(build_model(cfg.model).to(device), p, p)
         figures["forward_gflop_per_clip"] = forward / 1e9
         figures["train_gflop_per_clip"] = 3 * forward / 1e9
-        runs = []
-        if world == 1:  # the bare loop runs before and after the trainer
-            runs.append(bare_loop(cfg, batch_size, plan.mixed_precision, checkpointing, device, args.steps,
-                                  args.warmup))
-        figures["trainer"] = trainer = trainer_loop(cfg, args.steps, args.warmup)
+        def bare() -> dict:
+            return bare_loop(cfg, batch_size, plan.mixed_precision, checkpointing, device, args.steps, args.warmup)
+
+        # One process: the bare loop runs before and after every trainer run, so drift on a shared machine
+        # shows as spread between neighbours instead of as overhead. Several ranks: the trainer alone.
+        bares = [bare()] if world == 1 else []
+        trainers = []
+        for _ in range(args.rounds if world == 1 else 1):
+            trainers.append(trainer_loop(cfg, args.steps, args.warmup))
+            if world == 1:
+                bares.append(bare())
+        rounds = [t["s_per_iter"] for t in trainers]
+        trainer = dict(trainers[0], rounds_s_per_iter=rounds, s_per_iter=statistics.median(rounds),
+                       data_wait_fraction=statistics.median(t["data_wait_fraction"] for t in trainers))
+        trainer["clips_per_s"] = trainer["global_batch"] / trainer["s_per_iter"]
+        trainer["clips_per_s_per_rank"] = trainer["clips_per_s"] / trainer["world_size"]
+        figures["trainer"] = trainer
         if world == 1:
-            runs.append(bare_loop(cfg, batch_size, plan.mixed_precision, checkpointing, device, args.steps,
-                                  args.warmup))
-            bare_s = sum(r["s_per_iter"] for r in runs) / len(runs)
+            bare_s = statistics.median(r["s_per_iter"] for r in bares)
             figures["bare"] = {"s_per_iter": bare_s, "clips_per_s": batch_size / bare_s,
-                               "spread": [r["s_per_iter"] for r in runs], "peak_gb": runs[-1]["peak_gb"]}
+                               "spread": [r["s_per_iter"] for r in bares], "peak_gb": bares[-1]["peak_gb"]}
             # with accumulation a trainer step does grad_accum_steps forward/backward passes
-            figures["overhead"] = trainer["s_per_iter"] / trainer["grad_accum_steps"] / bare_s
+            ratios = [t["s_per_iter"] / t["grad_accum_steps"] / ((before["s_per_iter"] + after["s_per_iter"]) / 2)
+                      for t, before, after in zip(trainers, bares, bares[1:])]
+            figures["overhead_rounds"] = ratios
+            figures["overhead"] = statistics.median(ratios)
         figures["rss_peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         figures["trainer_tflops"] = figures["train_gflop_per_clip"] * trainer["clips_per_s"] / 1e3
         if args.matmul_peak and device.type == "cuda":
@@ -222,11 +244,15 @@ def format_report(f: dict) -> str:
         peak = f"{r['peak_gb']:.2f}" if r.get("peak_gb") is not None else "n/a"
         tflops = f["train_gflop_per_clip"] * r["clips_per_s"] / 1e3
         lines.append(f"  {name:<10}{r['s_per_iter']:>10.4f}{r['clips_per_s']:>10.2f}{tflops:>10.3f}{peak:>9}")
+    lines.append(f"  trainer data wait: {100 * t['data_wait_fraction']:.1f} % of step time")
     if t["world_size"] > 1:
         lines.append(f"  per rank: {t['clips_per_s_per_rank']:.2f} clips/s")
     if "overhead" in f:
         spread = ", ".join(f"{s:.4f}" for s in f["bare"]["spread"])
-        lines.append(f"  trainer / bare per forward-backward pass: {f['overhead']:.3f}  (bare runs: {spread} s/iter)")
+        trainers = ", ".join(f"{s:.4f}" for s in t["rounds_s_per_iter"])
+        rounds = ", ".join(f"{r:.3f}" for r in f["overhead_rounds"])
+        lines.append(f"  trainer / bare per forward-backward pass: {f['overhead']:.3f} (median of rounds: {rounds})")
+        lines.append(f"  runs in order: bare {spread} s/iter; trainer {trainers} s/iter (medians above)")
     if "matmul_bf16_tflops" in f:
         lines.append(f"  dense bf16 matmul: {f['matmul_bf16_tflops']:.1f} TFLOP/s; trainer reaches "
                      f"{100 * f['fraction_of_matmul_peak']:.1f} % of it")

@@ -29,6 +29,7 @@ from .adaptive import AdaptiveController
 from .autotune import Ranks, autotune
 from .checkpoint import WEIGHTS_FORMAT, CheckpointError, CheckpointManager, CheckpointWriteError, list_complete
 from .config import Config, ConfigError, config_to_dict, dump_config
+from .data.shard_format import ShardFormatError
 from .data.stream import ClipStream, build_train_loader
 from .data.validation_set import ValidationSet
 from .ema import WeightEMA
@@ -128,9 +129,15 @@ def check_data(cfg: Config, world_size: int) -> None:
     a patch that does not fit costs one error line, not a half-made run directory."""
     if not cfg.data.train_shards:
         raise ConfigError("data.train_shards: not set; give the folder `python -m vsrpp_dist.pack` wrote")
-    ClipStream(cfg.data.train_shards, cfg.data, seed=cfg.run.seed, rank=0, world_size=world_size, batch_size=1)
+    try:
+        ClipStream(cfg.data.train_shards, cfg.data, seed=cfg.run.seed, rank=0, world_size=world_size, batch_size=1)
+    except ShardFormatError as err:
+        raise ConfigError(f"data.train_shards: {err}") from None
     if cfg.data.val_shards:
-        ValidationSet(cfg.data.val_shards)
+        try:
+            ValidationSet(cfg.data.val_shards)
+        except ShardFormatError as err:
+            raise ConfigError(f"data.val_shards: {err}") from None
 
 
 class Trainer:
@@ -146,7 +153,7 @@ class Trainer:
                              "(see launch/cpu_2proc.yaml); `--cpu --num_processes N` silently runs one")
         if self.device_plan.memory_fraction:
             torch.cuda.set_per_process_memory_fraction(self.device_plan.memory_fraction, acc.device)
-        if acc.device.type == "cpu" and (threads := cpu_threads(cfg.data.num_workers)) is not None:
+        if acc.device.type == "cpu" and (threads := cpu_threads()) is not None:
             torch.set_num_threads(threads)
 
         check_data(cfg, acc.num_processes)
@@ -292,7 +299,9 @@ class Trainer:
         finite = math.isfinite(stats["total"]) and math.isfinite(stats["grad_norm"])
         if finite or self.accelerator.scaler is not None:
             # With fp16 the scaler itself skips steps with inf/nan gradients and lowers its scale.
-            torch.nn.utils.clip_grads_with_norm_(params, self.adaptive.clip_threshold, grad_norm)
+            # The norm is on the host already: below the threshold clipping would multiply by 1.
+            if not (finite and stats["grad_norm"] <= self.adaptive.clip_threshold):
+                torch.nn.utils.clip_grads_with_norm_(params, self.adaptive.clip_threshold, grad_norm)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if finite:
