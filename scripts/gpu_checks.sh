@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything only a GPU can show, in one command: the GPU tests (6 GB cap with the default model, bf16,
-# telemetry, auto-tune time), the step benchmark of the default and 6 GB configs against a bare loop
-# and the card's dense bf16 matmul rate, auto-tune's choices, the loader and upscale throughput.
+# telemetry, auto-tune's choices and time), the step benchmark of the default and 6 GB configs against a bare loop
+# and the card's dense bf16 matmul rate; with FRAMES=DIR (e.g. ../shared/data/bedroom) also the loader
+# and the default model's upscale throughput.
 # Figures land in $OUT (or ./gpu_results) as JSON and logs; copy them into BENCHMARKS.md.
 #
 # Needs a Python with torch + torchvision (CUDA) and this package's dependencies; on a machine without
@@ -15,10 +16,24 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT_DIR/gpu.txt"
 "$PY" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))" | tee -a "$OUT_DIR/gpu.txt"
 
-"$PY" -m pytest -q -m gpu tests/test_gpu.py 2>&1 | tee "$OUT_DIR/gpu_tests.log"
+TESTS_TMP=$(mktemp -d)
+"$PY" -m pytest -q -s -m gpu tests/test_gpu.py --basetemp "$TESTS_TMP" 2>&1 | tee "$OUT_DIR/gpu_tests.log"
+# auto-tune's record of each run (candidates: fits, peak GB, s/iter; chosen; seconds)
+for tuned in "$TESTS_TMP"/*/run/autotune.json; do
+  [ -f "$tuned" ] && cp "$tuned" "$OUT_DIR/autotune_$(basename "$(dirname "$(dirname "$tuned")")").json"
+done
+# Upscale throughput of the default model (the 20-step run above: speed does not depend on training).
+DEFAULT_RUN=$(ls -d "$TESTS_TMP"/test_default_config*/run 2>/dev/null | head -1)
+if [ -n "${FRAMES:-}" ] && [ -n "$DEFAULT_RUN" ]; then
+  for extra in "" "--amp" "--amp --batch 4"; do
+    "$PY" -m vsrpp_dist.upscale --checkpoint "$DEFAULT_RUN/checkpoint_latest" --input "$FRAMES" \
+        --output "$TESTS_TMP/upscaled" --limit 30 --quiet --overwrite $extra 2>&1 | tee -a "$OUT_DIR/upscale.log"
+  done
+fi
+rm -rf "$TESTS_TMP"
 for config in default 6gb; do
   "$PY" -m vsrpp_dist.bench step --config "configs/$config.yaml" --steps 50 --warmup 10 --matmul-peak \
-      --json "$OUT_DIR/step_$config.json" autotune.enabled=true 2>&1 | tee "$OUT_DIR/step_$config.log"
+      --rounds 3 --json "$OUT_DIR/step_$config.json" 2>&1 | tee "$OUT_DIR/step_$config.log"
 done
 # The loader is CPU work; measure it here too when the frames are at hand (FRAMES=DIR).
 if [ -n "${FRAMES:-}" ]; then
