@@ -60,9 +60,13 @@ def main(argv=None) -> int:
 
 
 def cli() -> int:
-    from vsrpp_dist.trainer import TrainingError
+    from vsrpp_dist.trainer import RankLostError, TrainingError
 
-    return run_cli(main, prog="train", extra_user_errors=(TrainingError,))
+    try:
+        return run_cli(main, prog="train", extra_user_errors=(TrainingError,))
+    except RankLostError as err:  # not this rank's fault: one line, and the exit code of a failure
+        print(f"train: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -66,6 +66,21 @@ class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to change."""
 
 
+class RankLostError(RuntimeError):
+    """Another rank stopped (killed, crashed, its machine gone) and this one cannot go on alone."""
+
+
+# What gloo and NCCL say when the other end of a collective has gone away.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_a_rank(err: BaseException) -> bool:
+    import torch.distributed as dist
+
+    return isinstance(err, getattr(dist, "DistNetworkError", ())) or (
+        isinstance(err, RuntimeError) and any(text in str(err) for text in PEER_GONE))
+
+
 @dataclass
 class TrainState:
     """Counters that must survive a restart; registered for checkpointing."""
@@ -251,6 +266,10 @@ class Trainer:
             return 0
         except BaseException as err:
             self._crash_checkpoint(err)
+            if lost_a_rank(err):
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise RankLostError(f"another rank stopped at step {state.step} ({first_line}); this rank "
+                                    "stops too; see that rank's output for why, then continue with --resume") from err
             raise
         finally:
             self.signals.restore()
@@ -432,8 +451,11 @@ class Trainer:
         if isinstance(err, (KeyboardInterrupt, TrainingError)):
             self.observer.error(f"stopped: {err}")
             return
-        self.observer.error(f"training failed at step {self.state.step}: {type(err).__name__}: {err}\n"
-                            + "".join(traceback.format_exception(err)))
+        if lost_a_rank(err):  # not a bug here: the traceback would only point at the next collective
+            self.observer.error(f"lost contact with another rank at step {self.state.step}: {err}")
+        else:
+            self.observer.error(f"training failed at step {self.state.step}: {type(err).__name__}: {err}\n"
+                                + "".join(traceback.format_exception(err)))
         try:
             path = self.checkpoints.save(self.state.step, ["emergency"], collective=False)
             if self.accelerator.is_main_process:
