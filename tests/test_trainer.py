@@ -19,7 +19,7 @@ from vsrpp_dist.checkpoint import CheckpointError, list_complete, load_exported_
 from vsrpp_dist.config import load_config
 from vsrpp_dist.model import build_model
 from vsrpp_dist.run_dir import StartError, StartRequest, decide_start
-from vsrpp_dist.trainer import Trainer, TrainingError
+from vsrpp_dist.trainer import Trainer, TrainingError, lost_a_rank
 
 from .conftest import TINY
 from .test_e2e_launcher import read_scalars
@@ -362,3 +362,14 @@ def test_gradients_reach_the_optimizer_clipped_to_the_adaptive_threshold(train_s
     for applied, raw in zip(seen, norms):
         assert applied == pytest.approx(min(raw, threshold), rel=1e-4)
     assert all(raw > 1e-4 for raw in norms)  # the small threshold really clipped
+
+
+def test_a_vanished_peer_is_told_apart_from_a_bug():
+    """What gloo and NCCL raise when the other end of a collective is gone ends a rank with one line
+    (RankLostError); any other error keeps its traceback."""
+    assert lost_a_rank(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "
+                                    "peer [127.0.0.1]:41207"))
+    assert lost_a_rank(RuntimeError("[gloo/transport/tcp/pair.cc:598] Connection reset by peer"))
+    assert lost_a_rank(torch.distributed.DistNetworkError("Broken pipe"))
+    assert not lost_a_rank(RuntimeError("The size of tensor a (4) must match the size of tensor b (5)"))
+    assert not lost_a_rank(ValueError("Connection closed by peer"))  # not a collective's error

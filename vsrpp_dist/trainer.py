@@ -266,7 +266,7 @@ class Trainer:
             return 0
         except BaseException as err:
             self._crash_checkpoint(err)
-            if lost_a_rank(err):
+            if self._lost_a_rank(err):
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise RankLostError(f"another rank stopped at step {state.step} ({first_line}); this rank "
                                     "stops too; see that rank's output for why, then continue with --resume") from err
@@ -444,6 +444,9 @@ class Trainer:
         self.observer.warn(f"emergency checkpoint written: {path}; continue with --resume", all_ranks=False)
         return code
 
+    def _lost_a_rank(self, err: BaseException) -> bool:
+        return self.accelerator.num_processes > 1 and lost_a_rank(err)
+
     def _crash_checkpoint(self, err: BaseException) -> None:
         """On an uncaught error, rank 0 saves what it holds without waiting for other ranks (they may be
         gone). Not after a forced second Ctrl-C (the user asked to leave now), nor after a TrainingError
@@ -451,7 +454,7 @@ class Trainer:
         if isinstance(err, (KeyboardInterrupt, TrainingError)):
             self.observer.error(f"stopped: {err}")
             return
-        if lost_a_rank(err):  # not a bug here: the traceback would only point at the next collective
+        if self._lost_a_rank(err):  # not a bug here: the traceback would only point at the next collective
             self.observer.error(f"lost contact with another rank at step {self.state.step}: {err}")
         else:
             self.observer.error(f"training failed at step {self.state.step}: {type(err).__name__}: {err}\n"
