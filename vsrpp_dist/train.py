@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     trainer = Trainer(cfg, StartRequest(resume=args.resume, fresh=args.fresh, auto_resume=args.auto_resume))
     try:
         code = trainer.train()
+        trainer.leave_process_group()
     finally:
         trainer.close()
     if trainer.accelerator.is_main_process:

@@ -663,6 +663,14 @@ class Trainer:
                 "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
                 "ema": self.ema.enabled, "step": self.state.step}
 
+    def leave_process_group(self) -> None:
+        """Called by every rank after train() returned (a normal end, or a stop all ranks agreed on). A rank
+        that simply exits while another still writes its last files tears gloo down under it and can die in
+        its destructors ("terminate called without an active exception", SIGABRT): on several machines
+        the other launchers then wait out torch elastic's 300 s exit barrier."""
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+
     def close(self) -> None:
         self.activity.remove()
         self.observer.close()
