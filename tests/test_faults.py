@@ -600,14 +600,19 @@ def test_no_usable_data_for_one_rank_stops_the_run_with_a_clear_message(train_sh
     print(f"no usable shard for rank 1: launch exited {code} after {seconds:.1f} s (start-up included); "
           f"ranks: {run.exit_codes()}")
     assert code != 0 and seconds < 60
-    assert run.exit_codes() == {1: "2", 0: "1"}, "rank 1: the user-error exit code; rank 0: lost a rank"
-    assert "train: error: another rank stopped at step 0" in output
+    codes = run.exit_codes()
+    assert codes.get(1) == "2", "rank 1 stops with the user-error exit code"
+    # Rank 0 either ends by itself on the lost connection (exit 1, one line) or, when the launcher's
+    # SIGTERM reaches it before its stop handlers are installed, is ended by the launcher without a word.
+    assert codes.get(0) in (None, "1"), codes
     reason = (f"rank 1 worker 0: no usable sample in epoch 0 of {shards} ({len(lost)} bad shards, 0 corrupt "
               "samples); check the shards or pack the data again")
     assert reason in output, run.tail()
     errors = [line for line in output.splitlines() if line.startswith("train: error: ")]
-    assert errors[:1] == [f"train: error: {reason}"] or errors[1:] == [f"train: error: {reason}"], errors
-    assert len(errors) == 2, "one line from each rank, not torch's worker traceback"
+    assert errors.count(f"train: error: {reason}") == 1, errors
+    others = [line for line in errors if line != f"train: error: {reason}"]
+    assert len(others) == (codes.get(0) == "1"), "one line from each rank that ends by itself"
+    assert all(line.startswith("train: error: another rank stopped at step 0") for line in others), others
     assert "Original Traceback" not in output
 
 
