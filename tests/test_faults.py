@@ -328,9 +328,12 @@ def test_kill9_of_one_rank_ends_the_launch_and_leaves_only_complete_checkpoints(
     assert killed.seconds_to_exit < 30, "torchrun's grace is 30 s: the surviving rank must exit by itself"
     output = killed.run.output()
     assert "Connection closed by peer" in output or "Connection reset by peer" in output
-    assert killed.run.exit_codes() == {1: "1"}, "the survivor ends by itself, exit 1 (rank 0 was killed)"
+    # The survivor ends by itself, exit 1 (rank 0 was killed); the launcher's SIGTERM may still end it
+    # between its line and the wrapper's record of its exit.
+    assert killed.run.exit_codes() in ({1: "1"}, {}), killed.run.exit_codes()
     lost = [line for line in output.splitlines() if line.startswith("train: error: another rank stopped at step")]
     assert len(lost) == 1 and "continue with --resume" in lost[0], output[-3000:]
+    assert "(Connection closed by peer)" in lost[0] or "(Connection reset by peer)" in lost[0], lost[0]
     assert killed.last_step == 15
     # the half-written checkpoint is there, and is not taken for a complete one
     assert tmp_folders(run_dir) == [".tmp-rolling-00000015"]
@@ -611,7 +614,8 @@ def test_no_usable_data_for_one_rank_stops_the_run_with_a_clear_message(train_sh
     errors = [line for line in output.splitlines() if line.startswith("train: error: ")]
     assert errors.count(f"train: error: {reason}") == 1, errors
     others = [line for line in errors if line != f"train: error: {reason}"]
-    assert len(others) == (codes.get(0) == "1"), "one line from each rank that ends by itself"
+    # the launcher's SIGTERM may also end rank 0 just after its line, before its exit is recorded
+    assert len(others) == 1 if codes.get(0) == "1" else len(others) <= 1, others
     assert all(line.startswith("train: error: another rank stopped at step 0") for line in others), others
     assert "Original Traceback" not in output
 

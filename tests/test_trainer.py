@@ -19,7 +19,7 @@ from vsrpp_dist.checkpoint import CheckpointError, list_complete, load_exported_
 from vsrpp_dist.config import load_config
 from vsrpp_dist.model import build_model
 from vsrpp_dist.run_dir import StartError, StartRequest, decide_start
-from vsrpp_dist.trainer import Trainer, TrainingError, lost_a_rank
+from vsrpp_dist.trainer import Trainer, TrainingError, lost_a_rank, peer_gone_reason
 
 from .conftest import TINY
 from .test_e2e_launcher import read_scalars
@@ -373,3 +373,6 @@ def test_a_vanished_peer_is_told_apart_from_a_bug():
     assert lost_a_rank(torch.distributed.DistNetworkError("Broken pipe"))
     assert not lost_a_rank(RuntimeError("The size of tensor a (4) must match the size of tensor b (5)"))
     assert not lost_a_rank(ValueError("Connection closed by peer"))  # not a collective's error
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:41207\nRank 0 is most likely dead; see its output before reporting an error.")
+    assert peer_gone_reason(gloo) == "Connection closed by peer"  # the one line names the cause, not a path

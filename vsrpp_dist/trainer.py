@@ -81,6 +81,11 @@ def lost_a_rank(err: BaseException) -> bool:
         isinstance(err, RuntimeError) and any(text in str(err) for text in PEER_GONE))
 
 
+def peer_gone_reason(err: BaseException) -> str:
+    """The words that matter in gloo's several-line message (a source path, then advice)."""
+    return next((text for text in PEER_GONE if text in str(err)), type(err).__name__)
+
+
 @dataclass
 class TrainState:
     """Counters that must survive a restart; registered for checkpointing."""
@@ -267,8 +272,7 @@ class Trainer:
         except BaseException as err:
             self._crash_checkpoint(err)
             if self._lost_a_rank(err):
-                first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise RankLostError(f"another rank stopped at step {state.step} ({first_line}); this rank "
+                raise RankLostError(f"another rank stopped at step {state.step} ({peer_gone_reason(err)}); this rank "
                                     "stops too; see that rank's output for why, then continue with --resume") from err
             raise
         finally:
@@ -455,7 +459,7 @@ class Trainer:
             self.observer.error(f"stopped: {err}")
             return
         if self._lost_a_rank(err):  # not a bug here: the traceback would only point at the next collective
-            self.observer.error(f"lost contact with another rank at step {self.state.step}: {err}")
+            self.observer.error(f"lost contact with another rank at step {self.state.step}: {peer_gone_reason(err)}")
         else:
             self.observer.error(f"training failed at step {self.state.step}: {type(err).__name__}: {err}\n"
                                 + "".join(traceback.format_exception(err)))
