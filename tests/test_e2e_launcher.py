@@ -155,8 +155,8 @@ def test_two_machines_on_loopback(train_shards, val_shards, tmp_path):
                    "--num_processes", "2", "--machine_rank", str(machine), "--main_process_ip", "127.0.0.1",
                    "--main_process_port", str(port), str(ROOT / "vsrpp_dist" / "train.py"), "--config", str(TINY),
                    f"run.dir={run_dir}", f"data.train_shards={train_shards}", f"data.val_shards={val_shards}"]
-        procs.append(subprocess.Popen(command, env=launcher_env(), stdout=open(tmp_path / f"machine{machine}.txt", "w"),
-                                      stderr=subprocess.STDOUT, text=True))
+        with open(tmp_path / f"machine{machine}.txt", "w") as output:  # the launcher keeps its own copy
+            procs.append(subprocess.Popen(command, env=launcher_env(), stdout=output, stderr=subprocess.STDOUT))
     # A machine whose launch fails leaves the other's torch elastic agent in its exit barrier for 300 s:
     # stop waiting as soon as one has failed, and say which.
     deadline = time.monotonic() + 300

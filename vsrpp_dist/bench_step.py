@@ -123,7 +123,6 @@ def trainer_loop(cfg, steps: int, warmup: int) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     try:
         trainer.train()
-        trainer.leave_process_group()
     finally:
         trainer.close()
     # stamps[i] is the end of step i+1; the measured span covers steps warmup+1 .. warmup+steps

@@ -1,4 +1,5 @@
-"""What every command shares: user errors become one line on stderr and exit code 2, no traceback."""
+"""What every command shares: user errors become one line on stderr and exit code 2, no traceback;
+failures that a traceback would not explain either (another rank gone) one line and exit code 1."""
 
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, AutotuneError, Star
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, *,
-            prog: str = "vsrpp-dist", extra_user_errors: tuple[type[BaseException], ...] = ()) -> int:
+            prog: str = "vsrpp-dist", extra_user_errors: tuple[type[BaseException], ...] = (),
+            failures: tuple[type[BaseException], ...] = ()) -> int:
     try:
         return main(argv)
     except USER_ERRORS + extra_user_errors as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except failures as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

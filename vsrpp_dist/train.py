@@ -51,7 +51,6 @@ def main(argv=None) -> int:
     trainer = Trainer(cfg, StartRequest(resume=args.resume, fresh=args.fresh, auto_resume=args.auto_resume))
     try:
         code = trainer.train()
-        trainer.leave_process_group()
     finally:
         trainer.close()
     if trainer.accelerator.is_main_process:
@@ -63,11 +62,7 @@ def main(argv=None) -> int:
 def cli() -> int:
     from vsrpp_dist.trainer import RankLostError, TrainingError
 
-    try:
-        return run_cli(main, prog="train", extra_user_errors=(TrainingError,))
-    except RankLostError as err:  # not this rank's fault: one line, and the exit code of a failure
-        print(f"train: error: {err}", file=sys.stderr)
-        return 1
+    return run_cli(main, prog="train", extra_user_errors=(TrainingError,), failures=(RankLostError,))
 
 
 if __name__ == "__main__":

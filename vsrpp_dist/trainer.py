@@ -237,7 +237,19 @@ class Trainer:
     # The loop
 
     def train(self) -> int:
-        """Train to total_steps; returns the process exit code (0, or 128+signal after a stop)."""
+        """Train to total_steps; returns the process exit code (0, or 128+signal after a stop).
+
+        Every rank that returns here has ended with the others (the last step, an agreed stop, a final
+        checkpoint they all failed to write), so they leave the process group together. A rank that simply
+        exits while another still writes its last files tears gloo down under it and can die in its
+        destructors ("terminate called without an active exception", SIGABRT); on several machines the
+        other launchers then wait out torch elastic's 300 s exit barrier."""
+        code = self._train_to_the_end()
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return code
+
+    def _train_to_the_end(self) -> int:
         cfg, state, obs = self.cfg, self.state, self.observer
         self.signals = StopSignals()
         batches = iter(self.loader)
@@ -666,14 +678,6 @@ class Trainer:
         return {"format": WEIGHTS_FORMAT, "version": 1, "model_config": config_to_dict(self.cfg)["model"],
                 "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
                 "ema": self.ema.enabled, "step": self.state.step}
-
-    def leave_process_group(self) -> None:
-        """Called by every rank after train() returned (a normal end, or a stop all ranks agreed on). A rank
-        that simply exits while another still writes its last files tears gloo down under it and can die in
-        its destructors ("terminate called without an active exception", SIGABRT): on several machines
-        the other launchers then wait out torch elastic's 300 s exit barrier."""
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
 
     def close(self) -> None:
         self.activity.remove()
