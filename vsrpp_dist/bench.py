@@ -2,8 +2,11 @@
 
     python -m vsrpp_dist.bench loader [--frames DIR] [--shards DIR] [--codecs [LIST]] [--workers N] [--json OUT]
     python -m vsrpp_dist.bench step --config CONFIG [--steps N] [--matmul-peak] [key.sub=value ...]
+    python -m vsrpp_dist.bench quality [--frames DIR] [--minutes M] [--variants LIST] [--seeds LIST]
 
 `step` (vsrpp_dist/bench_step.py) answers issue 7: the trainer's step against a bare PyTorch loop.
+`quality` (vsrpp_dist/bench_quality.py) answers issue 14: alignment variants at equal wall-clock, scored
+on held-out footage.
 
 `loader` answers issue 3: how many 5-frame training clips one CPU core delivers from our shards, side
 by side in the same process with a BasicSR-style loader reading the same frames from a folder of PNG
@@ -43,7 +46,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import bench_step
+from . import bench_quality, bench_step
 from .cli import OneLineParser, int_at_least, run_cli
 
 PROG = "python -m vsrpp_dist.bench"
@@ -72,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_loader_parser(commands)
     bench_step.add_parser(commands)
+    bench_quality.add_parser(commands)
     return parser
 
 
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     """Dispatch on the subcommand; user errors are one line and exit code 2."""
     from .data.sources import SourceError
 
-    return run_cli(_dispatch, argv, prog=PROG, extra_user_errors=(BenchError, SourceError))
+    return run_cli(_dispatch, argv, prog=PROG, extra_user_errors=(BenchError, bench_quality.QualityBenchError, SourceError))
 
 
 def _dispatch(argv: list[str] | None) -> int:

@@ -46,6 +46,33 @@ class ModelConfig:
     propagation_blocks: int = setting(10, "residual blocks in each propagation branch", min=1)
     reconstruction_blocks: int = setting(5, "residual blocks after fusion", min=0)
     upsample_channels: int = setting(64, "channels after the x3 pixel shuffle", min=3)
+    alignment: str = setting("implicit", "how a branch aligns its state to the next frame: implicit (convolutions "
+                             "only), flow (warp by a learned flow), flow_deform (deformable conv guided by it)",
+                             choices=("implicit", "flow", "flow_deform"))
+    flow_channels: int = setting(32, "width of the flow network (flow and flow_deform)", min=2)
+    flow_levels: int = setting(3, "pyramid levels of the flow network (each halves the resolution)", min=1, max=6)
+    max_flow: float = setting(16.0, "flows are clamped to this many LR pixels per frame step (bounds the "
+                              "receptive field, so tiled inference stays exact)", min=1.0)
+    deform_groups: int = setting(8, "offset groups of the deformable alignment (must divide channels)", min=1)
+    max_residue: float = setting(10.0, "bound (LR pixels) of the deformable offsets' deviation from the flow", min=0.0)
+
+
+# A checkpoint made before a model key existed was trained with this value of it (later keys that only
+# matter for other alignments take their defaults).
+LEGACY_MODEL_VALUES = {"alignment": "implicit"}
+
+# The keys that change an alignment variant's architecture, beyond the ones every variant has.
+ALIGNMENT_KEYS = {"implicit": (), "flow": ("flow_channels", "flow_levels", "max_flow"),
+                  "flow_deform": ("flow_channels", "flow_levels", "max_flow", "deform_groups", "max_residue")}
+
+
+def architecture_of(model_values: dict) -> dict:
+    """The model keys that decide the architecture and its weights, from a saved or current model
+    config (filled in for checkpoints that predate a key)."""
+    values = {**LEGACY_MODEL_VALUES, **model_values}
+    shared = ("name", "scale", "num_frames", "channels", "extract_blocks", "propagation_blocks",
+              "reconstruction_blocks", "upsample_channels", "alignment")
+    return {key: values.get(key) for key in (*shared, *ALIGNMENT_KEYS.get(values["alignment"], ()))}
 
 
 @dataclass(frozen=True)
@@ -123,6 +150,17 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
+class AlignmentConfig:
+    lr_factor: float = setting(1.0, "LR multiplier of the flow network and deformable offsets (0 freezes them "
+                               "without touching requires_grad)", min=0.0)
+    photometric_weight: float = setting(0.1, "weight of the self-supervised flow loss (LR neighbours warped onto "
+                                        "each other) at step 0; it falls linearly to 0 at photometric_steps", min=0.0)
+    photometric_steps: int = setting(1000, "steps over which the photometric warm-up fades out (0: none)", min=0)
+    offset_warn_px: float = setting(50.0, "warn when the mean deformable offset exceeds this many LR pixels "
+                                    "(EDVR's sign of a diverging alignment)", min=0.0)
+
+
+@dataclass(frozen=True)
 class ValidationConfig:
     every: int = setting(1000, "steps between validations (0: never)", min=0)
     max_sequences: int = setting(0, "validate on the first N sequences only (0: all)", min=0)
@@ -185,6 +223,8 @@ class Config:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"doc": "HybridLoss base weights"})
     adaptive: AdaptiveConfig = dataclasses.field(default_factory=AdaptiveConfig, metadata={"doc": "adaptive system"})
     guard: GuardConfig = dataclasses.field(default_factory=GuardConfig, metadata={"doc": "non-finite guard"})
+    alignment: AlignmentConfig = dataclasses.field(default_factory=AlignmentConfig,
+                                                   metadata={"doc": "training the explicit alignment"})
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig, metadata={"doc": "validation"})
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig, metadata={"doc": "checkpoint policy"})
     ema: EMAConfig = dataclasses.field(default_factory=EMAConfig, metadata={"doc": "weight EMA"})
@@ -198,6 +238,9 @@ class Config:
                               f"(got {ck.best_window_start}..{ck.best_window_end} of {ck.best_period})")
         if self.optim.lr_min > self.optim.lr_peak:
             raise ConfigError(f"optim.lr_min: {self.optim.lr_min} is above optim.lr_peak {self.optim.lr_peak}")
+        if self.model.alignment == "flow_deform" and self.model.channels % self.model.deform_groups:
+            raise ConfigError(f"model.deform_groups: {self.model.deform_groups} does not divide model.channels "
+                              f"{self.model.channels}")
         if self.adaptive.sharpness_off < self.adaptive.sharpness_on:
             raise ConfigError("adaptive.sharpness_off: must be >= adaptive.sharpness_on (hysteresis)")
 

@@ -29,8 +29,9 @@ def load_photo(name: str) -> np.ndarray:
 
 
 def camera_path(photo_hw: tuple[int, int], frame_hw: tuple[int, int], frames: int,
-                rng: np.random.Generator) -> list[tuple[float, float, float]]:
-    """(centre_y, centre_x, zoom) per frame: a smooth pan with a slow zoom, kept inside the photo."""
+                rng: np.random.Generator, speed: float = 2.5) -> list[tuple[float, float, float]]:
+    """(centre_y, centre_x, zoom) per frame: a smooth pan with a slow zoom, kept inside the photo,
+    moving `speed` pixels per frame on average at most."""
     ph, pw = photo_hw
     fh, fw = frame_hw
     zoom0 = rng.uniform(1.0, 1.6)
@@ -43,7 +44,7 @@ def camera_path(photo_hw: tuple[int, int], frame_hw: tuple[int, int], frames: in
     end = np.array([rng.uniform(margin_y, ph - margin_y), rng.uniform(margin_x, pw - margin_x)])
     # keep the motion at a few pixels per frame, like real footage
     distance = np.linalg.norm(end - start)
-    limit = 2.5 * frames
+    limit = speed * frames
     if distance > limit:
         end = start + (end - start) * limit / distance
     for t in range(frames):
@@ -54,14 +55,15 @@ def camera_path(photo_hw: tuple[int, int], frame_hw: tuple[int, int], frames: in
     return path
 
 
-def render_sequence(photo: np.ndarray, frame_hw: tuple[int, int], frames: int, seed: int) -> np.ndarray:
+def render_sequence(photo: np.ndarray, frame_hw: tuple[int, int], frames: int, seed: int,
+                    speed: float = 2.5) -> np.ndarray:
     """(frames, H, W, 3) uint8: the photo seen through a moving, zooming camera (bicubic sampling)."""
     rng = np.random.default_rng(seed)
     ph, pw = photo.shape[:2]
     fh, fw = frame_hw
     image = torch.from_numpy(photo).permute(2, 0, 1).float().unsqueeze(0) / 255
     out = []
-    for cy, cx, zoom in camera_path((ph, pw), frame_hw, frames, rng):
+    for cy, cx, zoom in camera_path((ph, pw), frame_hw, frames, rng, speed):
         ys = (cy + (torch.arange(fh) - fh / 2 + 0.5) / zoom) / ph * 2 - 1
         xs = (cx + (torch.arange(fw) - fw / 2 + 0.5) / zoom) / pw * 2 - 1
         grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).unsqueeze(0)
@@ -71,15 +73,16 @@ def render_sequence(photo: np.ndarray, frame_hw: tuple[int, int], frames: int, s
 
 
 def write_frame_folders(root: str | Path, *, sequences: int, frames: int, frame_hw: tuple[int, int],
-                        seed: int = 0, photos: tuple[str, ...] = PHOTOS) -> list[Path]:
-    """Write `sequences` folders of PNG frames under root (REDS-like layout: root/000/00000000.png)."""
+                        seed: int = 0, photos: tuple[str, ...] = PHOTOS, speed: float = 2.5) -> list[Path]:
+    """Write `sequences` folders of PNG frames under root (REDS-like layout: root/000/00000000.png);
+    the camera moves up to `speed` pixels per frame on average."""
     from PIL import Image
 
     root = Path(root)
     folders = []
     for s in range(sequences):
         photo = load_photo(photos[s % len(photos)])
-        clip = render_sequence(photo, frame_hw, frames, seed * 1000 + s)
+        clip = render_sequence(photo, frame_hw, frames, seed * 1000 + s, speed)
         folder = root / f"{s:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         for t, frame in enumerate(clip):

@@ -18,6 +18,7 @@ bottom/right shifted inwards, so they batch and cuDNN autotunes one shape.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -30,9 +31,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .alignment import FLOW_KERNEL
 from .checkpoint import CheckpointError, load_exported_weights
 from .cli import int_at_least
-from .config import ConfigError, ModelConfig, load_config
+from .config import LEGACY_MODEL_VALUES, ConfigError, ModelConfig, load_config
 from .data.sources import Sequence, SequenceError, SourceError, read_frames
 from .model import build_model
 from .validate import window_indices
@@ -57,8 +59,8 @@ def receptive_radius(model_cfg: ModelConfig) -> int:
     """How far (in LR pixels, per side) an output pixel can see: the tile overlap that makes tiled
     output exact.
 
-    Each 3x3 convolution at LR resolution widens the field by 1 pixel per side, so the radius is the
-    number of them on the longest input-to-output path:
+    `implicit`: each 3x3 convolution at LR resolution widens the field by 1 pixel per side, so the
+    radius is the number of them on the longest input-to-output path:
 
         feature extractor  1 + 2*extract_blocks                 (conv_in, two convs per residual block)
         propagation        (num_frames // 2) * (1 + 2*propagation_blocks)
@@ -71,14 +73,43 @@ def receptive_radius(model_cfg: ModelConfig) -> int:
 
     radius = 4 + 2*E + (T//2)*(1 + 2*P) + 2*R for E/P/R blocks and T frames; the default model
     (5/10/5 blocks, 5 frames) gives 66, the demo model (2/3/2) 26. The bicubic global residual needs 2
-    LR pixels, always less. Residual skips are shorter paths and do not widen it.
+    LR pixels, always less. Residual skips are shorter paths and do not widen it. This one is exact
+    (tests/test_upscale.py finds it as the gradient's support).
+
+    `flow` and `flow_deform` reach further: a warp samples up to `max_flow` (M) pixels away, so the
+    radius is an upper bound built from those bounds (the field itself depends on the flows):
+
+        each propagation step  its align reach + 1 + 2*P, where the reach of a flow warp is M + 1
+                               (bilinear) and of the deformable conv M + max(max_residue + 2, 3)
+                               (tap 1, offset <= M + max_residue, bilinear 1; its offset convs see the
+                               warped state 2 px around)
+        the way back           S*M + 1 (the flow composed over the S = T//2 steps of a branch)
+        composed flows         (S - 1)*(M + 1) (each composition samples a flow M + 1 away)
+        the flow network       sum over its L levels of 2^l*(5*(k//2) + 4) + M: five kxk convs per
+                               level, the warp, the upsampled coarser flow and the pooling footprint
+                               at that level's scale, and the support frame sampled up to M away
+
+    Frames are padded to a multiple of 2^(L-1) for the pyramid only on the right and bottom, and tiles
+    start on that multiple (`tile_multiple`), so every tile pools on the grid the whole frame pools on.
     """
-    lr_convs = (1 + 2 * model_cfg.extract_blocks
-                + (model_cfg.num_frames // 2) * (1 + 2 * model_cfg.propagation_blocks)
-                + 1 + 2 * model_cfg.reconstruction_blocks + 1)
-    hr_conv = 1
-    bicubic = 2
-    return max(lr_convs + hr_conv, bicubic)
+    e, p, r = model_cfg.extract_blocks, model_cfg.propagation_blocks, model_cfg.reconstruction_blocks
+    steps = model_cfg.num_frames // 2
+    if model_cfg.alignment == "implicit":
+        lr_convs = (1 + 2 * e) + steps * (1 + 2 * p) + 1 + 2 * r + 1
+        hr_conv = 1
+        bicubic = 2
+        return max(lr_convs + hr_conv, bicubic)
+    m = model_cfg.max_flow
+    align_reach = m + 1 if model_cfg.alignment == "flow" else m + max(model_cfg.max_residue + 2, 3)
+    chain = (1 + 2 * e) + steps * (align_reach + 1 + 2 * p) + (steps * m + 1) + 1 + 2 * r + 1 + 1
+    composed = (steps - 1) * (m + 1)
+    flow_net = sum(2**level * (5 * (FLOW_KERNEL // 2) + 4) + m for level in range(model_cfg.flow_levels))
+    return int(math.ceil(chain + composed + flow_net))
+
+
+def tile_multiple(model_cfg: ModelConfig) -> int:
+    """Tiles start on multiples of this (the flow pyramid's pooling grid); 1 for `implicit`."""
+    return 1 if model_cfg.alignment == "implicit" else 2 ** (model_cfg.flow_levels - 1)
 
 
 @dataclass(frozen=True)
@@ -92,9 +123,10 @@ class Span:
     core_end: int
 
 
-def tile_spans(size: int, tile: int, pad: int) -> list[Span]:
+def tile_spans(size: int, tile: int, pad: int, multiple: int = 1) -> list[Span]:
     """Cores of `tile` pixels covering [0, size), each with `pad` pixels of context where the image has
-    them. Every input span has the same length, tile + 2*pad, or is the whole axis."""
+    them, every input starting on a multiple of `multiple`. With multiple 1 every input span has the same
+    length, tile + 2*pad, or is the whole axis; otherwise lengths differ by less than `multiple`."""
     if tile <= 0 or tile + 2 * pad >= size:
         return [Span(0, size, 0, size)]  # one tile with its context would be the whole frame anyway
     length = tile + 2 * pad
@@ -102,7 +134,9 @@ def tile_spans(size: int, tile: int, pad: int) -> list[Span]:
     for core_start in range(0, size, tile):
         core_end = min(core_start + tile, size)
         in_start = min(max(core_start - pad, 0), size - length)
-        span = Span(in_start, in_start + length, core_start, core_end)
+        in_start -= in_start % multiple
+        in_end = min(size, max(in_start + length, core_end + pad))
+        span = Span(in_start, in_end, core_start, core_end)
         # context on each side: the full pad, or the image border (zero padding, as untiled)
         assert span.core_start - span.in_start >= pad or span.in_start == 0, span
         assert span.in_end - span.core_end >= pad or span.in_end == size, span
@@ -125,11 +159,15 @@ class LoadedModel:
     def radius(self) -> int:
         return receptive_radius(self.model_cfg)
 
+    @property
+    def tile_multiple(self) -> int:
+        return tile_multiple(self.model_cfg)
+
     def describe(self) -> str:
         c = self.model_cfg
         weights = "EMA weights" if self.ema else "weights"
         return (f"{self.source}: {weights} of step {self.step}, {c.name} channels={c.channels} blocks="
-                f"{c.extract_blocks}/{c.propagation_blocks}/{c.reconstruction_blocks}, "
+                f"{c.extract_blocks}/{c.propagation_blocks}/{c.reconstruction_blocks}, alignment {c.alignment}, "
                 f"receptive radius {self.radius} LR px")
 
 
@@ -138,6 +176,7 @@ def model_config_from_dict(values: dict, where: str) -> ModelConfig:
     architecture are refused with the key named)."""
     if not isinstance(values, dict):
         raise CheckpointError(f"{where}: has no model_config")
+    values = {**LEGACY_MODEL_VALUES, **values}  # weights from before a key existed
     try:
         return load_config(None, [f"model.{key}={value}" for key, value in values.items()]).model
     except ConfigError as err:
@@ -211,6 +250,7 @@ class ClipUpscaler:
         self.model = loaded.model
         self.scale = loaded.model_cfg.scale
         self.radius = loaded.radius
+        self.tile_multiple = loaded.tile_multiple
         self.device = device
         self.tile = tile
         self.amp_dtype = None
@@ -229,8 +269,8 @@ class ClipUpscaler:
             lr_btchw = lr_btchw.float().div_(255)
         b, _, c, h, w = lr_btchw.shape
         s = self.scale
-        rows = tile_spans(h, self.tile, self.radius)
-        cols = tile_spans(w, self.tile, self.radius)
+        rows = tile_spans(h, self.tile, self.radius, self.tile_multiple)
+        cols = tile_spans(w, self.tile, self.radius, self.tile_multiple)
         if len(rows) == 1 and len(cols) == 1:
             return self._forward(lr_btchw)
         sr_bchw = torch.empty(b, c, s * h, s * w, device=self.device)

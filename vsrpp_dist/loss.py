@@ -45,3 +45,13 @@ class HybridLoss(torch.nn.Module):
             # Output edge energy over GT edge energy: below 1 means the output is blurrier than GT.
             sharpness = (sr_dx.abs().mean() + sr_dy.abs().mean()) / (gt_dx.abs().mean() + gt_dy.abs().mean() + 1e-8)
         return {"l1": l1, "ms": ms, "grad": grad, "total": total, "sharpness": sharpness}
+
+
+def photometric_weight_at(step: int, alignment_cfg) -> float:
+    """Weight of the alignment's photometric warm-up loss at optimizer step `step` (0-based): the
+    configured weight at step 0, falling linearly to 0 at `photometric_steps`. A function of the step
+    (which the checkpoint holds), so a resumed run weighs it exactly as an uninterrupted one."""
+    steps = alignment_cfg.photometric_steps
+    if steps <= 0 or step >= steps:
+        return 0.0
+    return alignment_cfg.photometric_weight * (1.0 - step / steps)

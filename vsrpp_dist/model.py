@@ -7,11 +7,13 @@ neighbour to the frame being restored, and the state never has to "warm up" from
 centre, backward and forward features, residual reconstruction, x3 pixel shuffle, plus the bicubic
 upsampled centre frame as a global residual: the network only learns the detail bicubic misses.
 
-Alignment is implicit (convolutions over the concatenated neighbour and state), not flow-based: a flow
-network would need pretrained weights, which this project cannot download at run time.
+Alignment (`model.alignment`): `implicit` leaves it to the convolutions over the concatenated
+neighbour and state (the original model, unchanged); `flow` and `flow_deform` align the state to each
+neighbour explicitly before absorbing it, with a flow network and a deformable convolution trained from
+scratch (vsrpp_dist/alignment.py says how).
 
-This module imports only torch; precision, activation checkpointing, DDP and compilation are applied
-from outside (see vsrpp_dist/wrapping.py).
+This module imports only torch (and torchvision.ops through alignment.py); precision, activation
+checkpointing, DDP and compilation are applied from outside (see vsrpp_dist/wrapping.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .alignment import ALIGNMENTS, FlowGuidedDeformAlign, FlowNet, compose_flows, flow_warp, neighbour_pairs, \
+    photometric_loss
 
 
 class ResidualBlock(nn.Module):
@@ -55,15 +60,20 @@ class FeatureExtractor(nn.Module):
 
 
 class PropagationCell(nn.Module):
-    """One recurrent step: fold a neighbour's features into the propagated state."""
+    """One recurrent step: align the propagated state to a neighbour (when a flow is given), then fold
+    the neighbour's features into it."""
 
-    def __init__(self, channels: int, blocks: int) -> None:
+    def __init__(self, channels: int, blocks: int, align: nn.Module | None = None) -> None:
         super().__init__()
         self.fuse = nn.Conv2d(2 * channels, channels, 3, padding=1)
         self.act = nn.LeakyReLU(0.1, inplace=True)
         self.trunk = residual_trunk(channels, blocks)
+        if align is not None:  # registered only when used: implicit checkpoints keep their keys
+            self.align = align
 
-    def forward(self, neighbour: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    def forward(self, neighbour: torch.Tensor, state: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
+        if flow is not None:
+            state = self.align(state, neighbour, flow) if hasattr(self, "align") else flow_warp(state, flow)
         return self.trunk(self.act(self.fuse(torch.cat([neighbour, state], dim=1))))
 
 
@@ -71,14 +81,24 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
     scale = 3
 
     def __init__(self, channels: int = 128, extract_blocks: int = 5, propagation_blocks: int = 10,
-                 reconstruction_blocks: int = 5, upsample_channels: int = 64, num_frames: int = 5) -> None:
+                 reconstruction_blocks: int = 5, upsample_channels: int = 64, num_frames: int = 5,
+                 alignment: str = "implicit", flow_channels: int = 32, flow_levels: int = 3, max_flow: float = 16.0,
+                 deform_groups: int = 8, max_residue: float = 10.0) -> None:
         super().__init__()
         if num_frames % 2 != 1:
             raise ValueError(f"num_frames must be odd so a centre frame exists, got {num_frames}")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {', '.join(ALIGNMENTS)}, got {alignment!r}")
         self.num_frames = num_frames
+        self.alignment = alignment
         self.feature_extractor = FeatureExtractor(channels, extract_blocks)
-        self.backward_branch = PropagationCell(channels, propagation_blocks)
-        self.forward_branch = PropagationCell(channels, propagation_blocks)
+        # Built in this order so that `implicit` draws its initial weights exactly as before alignment
+        # existed (same seed, same weights); the flow net comes after everything else.
+        aligners = [None, None]
+        if alignment == "flow_deform":
+            aligners = [FlowGuidedDeformAlign(channels, deform_groups, max_residue) for _ in range(2)]
+        self.backward_branch = PropagationCell(channels, propagation_blocks, aligners[0])
+        self.forward_branch = PropagationCell(channels, propagation_blocks, aligners[1])
         self.fusion = nn.Sequential(nn.Conv2d(3 * channels, channels, 3, padding=1), nn.LeakyReLU(0.1, inplace=True))
         self.reconstruction = residual_trunk(channels, reconstruction_blocks)
         self.upsampler = nn.Sequential(
@@ -87,28 +107,77 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
             nn.LeakyReLU(0.1, inplace=True),
             nn.Conv2d(upsample_channels, 3, 3, padding=1),
         )
+        if alignment != "implicit":
+            self.flow_net = FlowNet(flow_channels, flow_levels, max_flow)
 
-    def forward(self, lr_btchw: torch.Tensor) -> torch.Tensor:
+    def forward(self, lr_btchw: torch.Tensor, with_alignment: bool = False):
+        """(B, T, 3, h, w) -> (B, 3, 3h, 3w). With `with_alignment`, also a dict of what training needs
+        from the alignment: `photometric` (a loss, with gradient), `flow_magnitude` and `offset_mean`
+        (mean LR pixels, detached; zero where the variant has none)."""
         b, t, c, h, w = lr_btchw.shape
         if t != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames per clip, got {t}")
         feats_btchw = self.feature_extractor(lr_btchw.reshape(b * t, c, h, w)).view(b, t, -1, h, w)
         centre = t // 2
+        flows = self._flows(lr_btchw) if self.alignment != "implicit" else None
+        for branch in (self.backward_branch, self.forward_branch):
+            if hasattr(branch, "align"):
+                branch.align.offset_abs_means.clear()
 
-        # Backward branch: centre -> later frames (F3 -> F4 -> F5).
+        # Backward branch: centre -> later frames (F3 -> F4 -> F5); the state is aligned to each
+        # frame before absorbing it, then brought back onto the centre's grid.
         backward_state = feats_btchw[:, centre]
         for i in range(centre + 1, t):
-            backward_state = self.backward_branch(feats_btchw[:, i], backward_state)
+            backward_state = self.backward_branch(feats_btchw[:, i], backward_state, flows and flows[(i, i - 1)])
 
         # Forward branch: centre -> earlier frames (F3 -> F2 -> F1).
         forward_state = feats_btchw[:, centre]
         for i in range(centre - 1, -1, -1):
-            forward_state = self.forward_branch(feats_btchw[:, i], forward_state)
+            forward_state = self.forward_branch(feats_btchw[:, i], forward_state, flows and flows[(i, i + 1)])
+
+        if flows is not None:
+            backward_state = flow_warp(backward_state, self._flow_from_centre(flows, range(centre + 1, t)))
+            forward_state = flow_warp(forward_state, self._flow_from_centre(flows, range(centre - 1, -1, -1)))
 
         fused = self.fusion(torch.cat([feats_btchw[:, centre], backward_state, forward_state], dim=1))
         detail = self.upsampler(self.reconstruction(fused))
         base = F.interpolate(lr_btchw[:, centre], scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return base + detail
+        sr = base + detail
+        if not with_alignment:
+            return sr
+        return sr, self._alignment_report(lr_btchw, flows)
+
+    def _flows(self, lr_btchw: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+        """Every flow the walk needs, from one batched pass of the flow net."""
+        pairs = neighbour_pairs(self.num_frames)
+        ref = torch.cat([lr_btchw[:, a] for a, _ in pairs])
+        supp = torch.cat([lr_btchw[:, b] for _, b in pairs])
+        return dict(zip(pairs, self.flow_net(ref, supp).chunk(len(pairs))))
+
+    def _flow_from_centre(self, flows: dict, walk) -> torch.Tensor:
+        """The flow centre -> last frame of the walk, composed from the outward steps."""
+        centre = self.num_frames // 2
+        previous, composed = centre, None
+        for k in walk:
+            step = flows[(previous, k)]
+            composed = step if composed is None else compose_flows(composed, step)
+            previous = k
+        return composed
+
+    def _alignment_report(self, lr_btchw: torch.Tensor, flows: dict | None) -> dict[str, torch.Tensor]:
+        zero = lr_btchw.new_zeros((), dtype=torch.float32)
+        if flows is None:
+            return {"photometric": zero, "flow_magnitude": zero, "offset_mean": zero}
+        centre = self.num_frames // 2
+        # the pairwise flows, and the outermost neighbours warped onto the centre through the composition
+        checked = dict(flows)
+        checked[(centre, self.num_frames - 1)] = self._flow_from_centre(flows, range(centre + 1, self.num_frames))
+        checked[(centre, 0)] = self._flow_from_centre(flows, range(centre - 1, -1, -1))
+        magnitude = torch.stack([f.detach().float().norm(dim=1).mean() for f in flows.values()]).mean()
+        offsets = [m for branch in (self.backward_branch, self.forward_branch) if hasattr(branch, "align")
+                   for m in branch.align.offset_abs_means]
+        return {"photometric": photometric_loss(lr_btchw, checked), "flow_magnitude": magnitude,
+                "offset_mean": torch.stack(offsets).mean() if offsets else zero}
 
 
 def build_model(model_cfg) -> VSRBidirectional_3x:
@@ -122,7 +191,19 @@ def build_model(model_cfg) -> VSRBidirectional_3x:
         reconstruction_blocks=model_cfg.reconstruction_blocks,
         upsample_channels=model_cfg.upsample_channels,
         num_frames=model_cfg.num_frames,
+        alignment=model_cfg.alignment,
+        flow_channels=model_cfg.flow_channels,
+        flow_levels=model_cfg.flow_levels,
+        max_flow=model_cfg.max_flow,
+        deform_groups=model_cfg.deform_groups,
+        max_residue=model_cfg.max_residue,
     )
+
+
+def alignment_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The flow network's and the deformable offsets' parameters: they get their own LR multiplier
+    (`alignment.lr_factor`), as BasicVSR++ trains its flow slower than the rest."""
+    return [p for name, p in model.named_parameters() if name.startswith("flow_net.") or ".align.conv_offset." in name]
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -130,9 +211,17 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def conv_flops_per_clip(model: nn.Module, lr_h: int, lr_w: int) -> int:
-    """Forward FLOPs of one clip, counted from the layers: 2 * k*k * C_in * C_out * H_out * W_out per
-    convolution (one multiply and one add per weight and output pixel), at the resolution each conv
-    runs at, times the images it runs on (the extractor sees all 5 frames). Element-wise ops, the bicubic residual and the pixel shuffle are ignored (<1 %)."""
+    """Forward FLOPs of one clip, counted from the layers at the resolution each runs at, times the
+    images it runs on (the extractor sees all 5 frames, the flow net every frame pair):
+      convolution          2 * k*k * C_in/groups * C_out * H_out * W_out (a multiply and an add per
+                           weight and output pixel)
+      bilinear warp        8 per output value (grid_sample: 4 taps, a multiply and an add each)
+      deformable 3x3 conv  2 * 9 * C_in * C_out * H * W (its convolution) + 9 * C_in * H * W * 9
+                           (per tap and input channel: a bilinear sample, 8, and the mask, 1)
+    Element-wise ops, the bicubic residual, pooling, flow upsampling and the pixel shuffle are
+    ignored (<1 %)."""
+    from . import alignment
+
     flops = 0
     calls: dict[nn.Module, list[tuple[int, int, int]]] = {}
 
@@ -140,15 +229,24 @@ def conv_flops_per_clip(model: nn.Module, lr_h: int, lr_w: int) -> int:
         calls.setdefault(module, []).append((output.shape[0], *output.shape[-2:]))
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    alignment.sampling_log = []
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
             model(torch.zeros(1, getattr(model, "num_frames", 5), 3, lr_h, lr_w, device=device))
+        sampled = alignment.sampling_log
     finally:
+        alignment.sampling_log = None
         for handle in handles:
             handle.remove()
     for module, output_sizes in calls.items():
         k = module.kernel_size[0] * module.kernel_size[1]
         for n, h, w in output_sizes:
             flops += 2 * k * (module.in_channels // module.groups) * module.out_channels * n * h * w
+    for kind, sizes in sampled:
+        if kind == "bilinear":
+            flops += 8 * sizes[0]
+        else:
+            n, c_in, c_out, h, w = sizes
+            flops += n * h * w * (2 * 9 * c_in * c_out + 9 * c_in * 9)
     return flops

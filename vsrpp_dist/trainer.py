@@ -28,15 +28,15 @@ from . import __version__
 from .adaptive import AdaptiveController
 from .autotune import Ranks, autotune
 from .checkpoint import WEIGHTS_FORMAT, CheckpointError, CheckpointManager, CheckpointWriteError, list_complete
-from .config import Config, ConfigError, config_to_dict, dump_config
+from .config import Config, ConfigError, architecture_of, config_to_dict, dump_config
 from .data.shard_format import ShardFormatError
 from .data.stream import ClipStream, build_train_loader
 from .data.validation_set import ValidationSet
 from .ema import WeightEMA
 from .imresize import downscale
-from .loss import HybridLoss
+from .loss import HybridLoss, photometric_weight_at
 from .lr_schedule import LRSchedule
-from .model import build_model, count_parameters
+from .model import alignment_parameters, build_model, count_parameters
 from .observer import Observer
 from .run_dir import StartError, StartRequest, check_writable, decide_start, move_aside
 from .runtime import cpu_threads, plan_batches, plan_device, profile_settings
@@ -59,7 +59,10 @@ def _memoise_accelerate_package_checks() -> None:
 
 _memoise_accelerate_package_checks()
 
-STAT_NAMES = ("l1", "ms", "grad", "total", "sharpness", "grad_norm", "backward_activity", "forward_activity")
+# What one step reports, summed over micro-batches and all-reduced in one vector: the loss parts, the
+# alignment's figures (zero for `implicit`), then the gradient norm and the branch activity.
+STEP_PARTS = ("l1", "ms", "grad", "total", "sharpness", "photometric", "flow_magnitude", "offset_mean")
+STAT_NAMES = (*STEP_PARTS, "grad_norm", "backward_activity", "forward_activity")
 
 
 class TrainingError(RuntimeError):
@@ -202,8 +205,10 @@ class Trainer:
         if acc.device.type == "cuda" and channels_last:
             model = to_channels_last(model)
         self.activity = BranchActivity(model)
+        self.aligns = cfg.model.alignment != "implicit"
         fused = cfg.optim.fused == "on" or (cfg.optim.fused == "auto" and acc.device.type == "cuda")
-        optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2),
+        param_groups, self.lr_factors = self._param_groups(model)
+        optimizer = torch.optim.AdamW(param_groups, lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                       weight_decay=cfg.optim.weight_decay, fused=fused or None)
         model = self._maybe_compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -279,7 +284,7 @@ class Trainer:
                           f"newest checkpoint on disk: {fallback}; free space and run again with --resume")
                 return 1
             obs.info(f"finished: step {state.step}, {state.clips_seen:,} clips, "
-                     f"{state.train_seconds / 3600:.2f} h of training")
+                     f"{state.train_seconds / 3600:.2f} h ({state.train_seconds:.0f} s) of training")
             return 0
         except BaseException as err:
             self._crash_checkpoint(err)
@@ -296,10 +301,11 @@ class Trainer:
         acc, model = self.accelerator, self.model
         started = time.perf_counter()
         lr_value = self.schedule.lr(self.state.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr_value
+        for group, factor in zip(self.optimizer.param_groups, self.lr_factors):
+            group["lr"] = lr_value * factor
         weights = self.adaptive.weights
-        sums = torch.zeros(5, device=acc.device)
+        photometric_weight = photometric_weight_at(self.state.step, self.cfg.alignment) if self.aligns else 0.0
+        sums = torch.zeros(len(STEP_PARTS), device=acc.device)
         data_wait = 0.0
         skipped = [0, 0]  # corrupt samples, bad shards this rank's stream met during this step
         for _ in range(self.batches.grad_accum_steps):
@@ -310,10 +316,14 @@ class Trainer:
             gt_btchw, lr_btchw = self._to_device(batch)
             with acc.accumulate(model):
                 with acc.autocast():
-                    sr_bchw = model(lr_btchw)
+                    sr_bchw, alignment = model(lr_btchw, with_alignment=True)
                 parts = self.loss_fn(sr_bchw, gt_btchw[:, gt_btchw.shape[1] // 2], weights)
-                acc.backward(parts["total"])
-            sums += torch.stack([parts[k].detach() for k in ("l1", "ms", "grad", "total", "sharpness")])
+                objective = parts["total"]
+                if photometric_weight > 0:  # bootstraps the flow from scratch; fades out (alignment.*)
+                    objective = objective + photometric_weight * alignment["photometric"]
+                acc.backward(objective)
+            parts.update(alignment)
+            sums += torch.stack([parts[k].detach().float() for k in STEP_PARTS])
         # acc.sync_gradients is True here: DDP has averaged the gradients over ranks.
         if self.accelerator.scaler is not None:
             acc.unscale_gradients()
@@ -329,8 +339,9 @@ class Trainer:
         self.state.skipped_samples += round(values[-3])
         self.state.bad_shards += round(values[-2])
         world = acc.num_processes
+        # (the gradient norm is identical on every rank; the mean is that value)
         stats = {name: values[i] / world for i, name in enumerate(STAT_NAMES)}
-        stats["grad_norm"] = values[5] / world  # identical on every rank; the mean is that value
+        stats["photometric_weight"] = photometric_weight
         finite = math.isfinite(stats["total"]) and math.isfinite(stats["grad_norm"])
         if finite or self.accelerator.scaler is not None:
             # With fp16 the scaler itself skips steps with inf/nan gradients and lowers its scale.
@@ -510,6 +521,7 @@ class Trainer:
             "Gradients/TotalNorm": meter.mean("grad_norm"),
             "Activity/Backward_Trunk_Avg": meter.mean("backward_activity"),
             "Activity/Forward_Trunk_Avg": meter.mean("forward_activity"),
+            **self._alignment_scalars(meter),
             "LR_Schedule/Phase": float(self.schedule.phase(step - 1)),
             "System/Speed_s_per_iter": s_per_iter,
             "System/Clips_per_s": self.batches.global_batch_size / s_per_iter,
@@ -526,6 +538,26 @@ class Trainer:
         self._last_interval = {"s_per_iter": s_per_iter, "clips_per_s": scalars["System/Clips_per_s"],
                                "data_wait": scalars["System/Data_Wait_Fraction"], "total": scalars["Loss/Total"]}
         meter.reset()
+
+    def _alignment_scalars(self, meter: IntervalMeter) -> dict[str, float]:
+        """The explicit alignment's figures, and a warning when its offsets run away (EDVR's authors see
+        offsets beyond 50-100 px as the sign of a diverging alignment that ruins the model)."""
+        if not self.aligns:
+            return {}
+        scalars = {"Loss/Photometric": meter.mean("photometric"),
+                   "Training/Photometric_Weight": meter.mean("photometric_weight"),
+                   "Activity/Flow_Magnitude": meter.mean("flow_magnitude")}
+        if self.cfg.model.alignment == "flow_deform":
+            offset_mean = scalars["Activity/Offset_Mean"] = meter.mean("offset_mean")
+            limit = self.cfg.alignment.offset_warn_px
+            exploded = offset_mean > limit
+            if exploded and not getattr(self, "_offsets_exploded", False):
+                self.observer.warn(f"step {self.state.step}: mean deformable offset {offset_mean:.1f} LR px exceeds "
+                                   f"alignment.offset_warn_px={limit:g}: the alignment is diverging; lower "
+                                   "alignment.lr_factor or optim.lr_peak (or resume from an earlier checkpoint)",
+                                   all_ranks=False)
+            self._offsets_exploded = exploded
+        return scalars
 
     def _telemetry_scalars(self) -> dict[str, float]:
         """Per-rank GPU figures gathered to rank 0 (a collective on every rank; nothing without a GPU)."""
@@ -622,6 +654,17 @@ class Trainer:
             os.replace(path, previous)  # kept, not overwritten: the old run's settings stay readable
         atomic_write_text(path, text)
 
+    def _param_groups(self, model: torch.nn.Module) -> tuple[list[dict], list[float]]:
+        """One optimizer group, or two when the model aligns explicitly: the flow network and the
+        deformable offsets learn at `alignment.lr_factor` x the LR. Freezing them is a factor of 0, never
+        requires_grad=False mid-run (DDP would then wait forever for gradients that never come)."""
+        aligned = alignment_parameters(model)
+        if not aligned:
+            return [{"params": list(model.parameters())}], [1.0]
+        ids = {id(p) for p in aligned}
+        rest = [p for p in model.parameters() if id(p) not in ids]
+        return [{"params": rest}, {"params": aligned}], [1.0, self.cfg.alignment.lr_factor]
+
     def _maybe_compile(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.cfg.train.compile:
             return model
@@ -638,8 +681,11 @@ class Trainer:
             return model
 
     def _check_compatible(self, meta: dict) -> None:
-        saved = meta.get("config", {}).get("model", {})
-        now = config_to_dict(self.cfg)["model"]
+        saved = architecture_of(meta.get("config", {}).get("model", {}))
+        now = architecture_of(config_to_dict(self.cfg)["model"])
+        if saved["alignment"] != now["alignment"]:
+            raise CheckpointError(f"model.alignment is {now['alignment']!r} but the checkpoint was trained with "
+                                  f"{saved['alignment']!r}; set model.alignment={saved['alignment']} to continue it")
         for key, value in now.items():
             if saved.get(key) != value:
                 raise CheckpointError(f"model.{key} is {value!r} but the checkpoint was trained with "
