@@ -2,7 +2,8 @@
 # Everything only a GPU can show, in one command: the GPU tests (6 GB cap with the default model, bf16,
 # telemetry, auto-tune's choices and time), the step benchmark of the default and 6 GB configs against a bare loop
 # and the card's dense bf16 matmul rate; with FRAMES=DIR (e.g. ../shared/data/bedroom) also the loader
-# and the default model's upscale throughput.
+# and the default model's upscale throughput; each alignment's step cost at the default size; with
+# QUALITY_MINUTES=N the alignment variants' held-out quality at equal time (bench quality).
 # Figures land in $OUT (or ./gpu_results) as JSON and logs; copy them into BENCHMARKS.md.
 #
 # Needs a Python with torch + torchvision (CUDA) and this package's dependencies; on a machine without
@@ -35,6 +36,18 @@ for config in default 6gb; do
   "$PY" -m vsrpp_dist.bench step --config "configs/$config.yaml" --steps 50 --warmup 10 --matmul-peak \
       --rounds 3 --json "$OUT_DIR/step_$config.json" 2>&1 | tee "$OUT_DIR/step_$config.log"
 done
+# What each alignment costs at the default size in bf16 (s/iter, peak memory, TFLOP/s).
+for alignment in implicit flow flow_deform; do
+  "$PY" -m vsrpp_dist.bench step --config configs/default.yaml --steps 30 --warmup 10 \
+      --json "$OUT_DIR/step_default_$alignment.json" model.alignment=$alignment autotune.enabled=false \
+      2>&1 | tee "$OUT_DIR/step_default_$alignment.log"
+done
+# Which alignment wins at GPU scale (QUALITY_MINUTES=N per variant; long: 3 variants x N minutes).
+if [ -n "${QUALITY_MINUTES:-}" ]; then
+  "$PY" -m vsrpp_dist.bench quality --config configs/default.yaml --minutes "$QUALITY_MINUTES" \
+      ${FRAMES:+--frames "$FRAMES"} --work "$OUT_DIR/quality" --json "$OUT_DIR/quality.json" \
+      data.num_workers=6 autotune.enabled=false 2>&1 | tee "$OUT_DIR/quality.log"
+fi
 # The loader is CPU work; measure it here too when the frames are at hand (FRAMES=DIR).
 if [ -n "${FRAMES:-}" ]; then
   "$PY" -m vsrpp_dist.bench loader --frames "$FRAMES" --json "$OUT_DIR/loader.json" 2>&1 | tee "$OUT_DIR/loader.log"

@@ -227,6 +227,16 @@ def test_bf16_autocast_and_activation_checkpointing_keep_working():
     assert torch.allclose(model(lr), plain, atol=1e-5)
 
 
+def test_auto_tune_trials_an_aligned_model():
+    from vsrpp_dist.autotune import Candidate, CudaStepProbe
+    from vsrpp_dist.loss import LossWeights
+
+    probe = CudaStepProbe(small_model_cfg("flow_deform"), LossWeights(1.0, 0.5, 0.1), 8, "bf16", "cpu", trial_steps=1)
+    for candidate in (Candidate(2, True, False), Candidate(2, False, True)):
+        trial = probe(candidate)
+        assert trial.fits and trial.error is None and trial.s_per_iter > 0
+
+
 # -- old checkpoints ---------------------------------------------------------------------------------
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from vsrpp_dist import bench
 
+from .conftest import TINY as TINY_CONFIG
+
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
 TINY = ["--min-tile", "96", "--lr-patch", "16", "--batch-size", "4", "--clips", "12", "--warmup-clips", "4",
@@ -96,3 +98,27 @@ def test_bad_usage_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main([])  # a subcommand is required
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_quality_bench_trains_each_variant_for_the_budget_and_scores_held_out_footage(tmp_path, capsys):
+    """`bench quality` end to end with the tiny model and a budget of seconds: each variant gets its own
+    calibrated step count, trains in its own process, and is scored on footage it never saw."""
+    out = tmp_path / "quality.json"
+    assert bench.main(["quality", "--config", str(TINY_CONFIG), "--variants", "implicit,flow", "--minutes", "0.05",
+                       "--calibrate-steps", "10", "--calibrate-rounds", "1", "--work", str(tmp_path / "work"), "--json", str(out),
+                       "model.flow_levels=2", "model.max_flow=4"]) == 0
+    result = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in result["results"]}
+    assert set(rows) == {"implicit", "flow"}
+    assert rows["flow"]["params"] > rows["implicit"]["params"]
+    assert rows["flow"]["gflops_per_clip"] > rows["implicit"]["gflops_per_clip"]
+    for row in rows.values():
+        assert row["steps"] >= 10 and row["train_s"] > 0
+        assert set(row["sequences"]) == {"pans/000", "pans/001"}  # the held-out photos, not trained on
+        assert 10 < row["y_psnr_bicubic"] < 60 and 0 < row["y_ssim_model"] <= 1
+    table = capsys.readouterr().out
+    assert "variant" in table and "implicit" in table and "flow" in table
+    # the data is reused by a second call, not made again; a bad variant is one line
+    assert bench.main(["quality", "--variants", "optical", "--work", str(tmp_path / "work")]) == 2
+    assert "--variants: unknown 'optical'" in capsys.readouterr().err

@@ -11,10 +11,12 @@ Data (made once in --work, reused):
 - held out (never trained on): the same kind of pans over the two other photos (coffee, chelsea), and
   with --frames the last 25 % of that video's frames (strided the same way).
 
-Each run: `configs/demo.yaml` (or --config) with model.alignment set per variant. A short calibration
-run (`--calibrate-steps`, not counted) measures the variant's s/iter on this machine; the real run then
+Each run: `configs/demo.yaml` (or --config) with model.alignment set per variant. Short calibration
+runs (`--calibrate-steps`, not counted), alternating between the variants for `--calibrate-rounds`
+rounds so that machine load hits all alike, measure each variant's s/iter (median); the real run then
 gets total_steps = budget / s_iter, so every variant ends its full LR schedule (warm-up, cosine) inside
-the same budget and the faster ones simply take more steps. Runs go in the order the variants are
+the same budget and the faster ones simply take more steps. The table shows the seconds each run
+really spent in training steps, to check the budget held. Runs go in the order the variants are
 named, seed by seed; each is a separate `train.py` process. The final weights are scored by the
 `evaluate` command: Y-PSNR/SSIM (BT.601, 8-bit) against the MATLAB-bicubic LR, per held-out sequence,
 then the mean of sequence means.
@@ -26,6 +28,7 @@ import contextlib
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -50,7 +53,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help="model.alignment values, comma-separated")
     p.add_argument("--seeds", default="0", help="run seeds, comma-separated (each variant once per seed)")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget per run (wall clock)")
-    p.add_argument("--calibrate-steps", type=int_at_least(5), default=30, help="steps of the s/iter calibration")
+    p.add_argument("--calibrate-steps", type=int_at_least(5), default=45, help="steps of each s/iter calibration run")
+    p.add_argument("--calibrate-rounds", type=int_at_least(1), default=2,
+                   help="calibration runs per variant, alternating between variants")
     p.add_argument("--frames", help="a folder of consecutive real video frames to add (75 %% train, 25 %% held out)")
     p.add_argument("--stride", type=int_at_least(1), default=3, help="take every N-th frame of --frames (more motion)")
     p.add_argument("--speed", type=float, default=7.5, help="rendered camera speed, GT pixels per frame")
@@ -63,27 +68,32 @@ def add_parser(subparsers) -> None:
 # -- data --------------------------------------------------------------------------------------------
 
 
-def prepare_data(work: Path, frames: str | None, stride: int, speed: float, say) -> tuple[Path, list[Path]]:
-    """Training shards and held-out frame folders, made once (a marker file says they are complete)."""
+def prepare_data(work: Path, frames: str | None, stride: int, speed: float, lr_patch: int,
+                 say) -> tuple[Path, list[Path]]:
+    """Training shards and held-out frame folders, made once (a marker file says they are complete).
+    Rendered frames and shard tiles are large enough for the config's patch (3 x lr_patch GT pixels)."""
     from .demo_data import write_frame_folders
     from .pack import main as pack
 
     shards, held_out_root = work / "shards" / "train", work / "held_out"
     marker = work / "data-complete.json"
-    recipe = {"frames": str(frames) if frames else None, "stride": stride, "speed": speed}
+    min_tile = max(96, 3 * lr_patch)
+    frame_h = max(180, min_tile + 36)
+    frame_hw = (frame_h, frame_h // 3 * 4)
+    recipe = {"frames": str(frames) if frames else None, "stride": stride, "speed": speed, "min_tile": min_tile}
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
         return shards, sorted(p for p in held_out_root.iterdir() if p.is_dir())
     if work.exists() and any((work / name).exists() for name in ("shards", "held_out", "train_frames")):
         raise QualityBenchError(f"{work}: holds an unfinished or different bench data set; move it away or pass --work")
     say(f"rendering footage into {work} ...")
     train_frames = work / "train_frames"
-    write_frame_folders(train_frames / "pans", sequences=len(TRAIN_PHOTOS), frames=40, frame_hw=(180, 240), seed=11,
+    write_frame_folders(train_frames / "pans", sequences=len(TRAIN_PHOTOS), frames=40, frame_hw=frame_hw, seed=11,
                         photos=TRAIN_PHOTOS, speed=speed)
     write_frame_folders(held_out_root / "pans", sequences=len(HELD_OUT_PHOTOS), frames=12, frame_hw=(144, 192),
                         seed=12, photos=HELD_OUT_PHOTOS, speed=speed)
     if frames:
         split_video_frames(Path(frames), stride, train_frames / "video", held_out_root / "video")
-    if pack([str(train_frames), str(shards), "--min-tile", "96", "--frames-per-sample", "10"]) != 0:
+    if pack([str(train_frames), str(shards), "--min-tile", str(min_tile), "--frames-per-sample", "10"]) != 0:
         raise RuntimeError("packing the bench training set failed (see above)")
     marker.write_text(json.dumps(recipe))
     return shards, sorted(p for p in held_out_root.iterdir() if p.is_dir())
@@ -128,12 +138,13 @@ def run_training(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"training failed ({code}): {' | '.join(tail)}; full log: {log}")
 
 
-def last_s_per_iter(run_dir: Path) -> float:
-    """The s/iter of the last logged interval in RUN/training.log."""
-    matches = re.findall(r"(\d+\.\d+) s/iter", (run_dir / "training.log").read_text())
-    if not matches:
+def steady_s_per_iter(run_dir: Path) -> float:
+    """The median s/iter of the logged intervals in RUN/training.log after the first third (start-up,
+    the shuffle buffer filling and the allocator warming up)."""
+    rates = [float(m) for m in re.findall(r"(\d+\.\d+) s/iter", (run_dir / "training.log").read_text())]
+    if not rates:
         raise RuntimeError(f"{run_dir}/training.log: no s/iter logged")
-    return float(matches[-1])
+    return statistics.median(rates[len(rates) // 3:])
 
 
 def trained_seconds(run_dir: Path) -> float:
@@ -181,9 +192,26 @@ def run(args) -> int:
         raise QualityBenchError(f"--seeds {args.seeds}: expected whole numbers, comma-separated") from None
     work = Path(args.work).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    shards, held_out = prepare_data(work, args.frames, args.stride, args.speed, say)
+    lr_patch = load_config(args.config, list(args.overrides)).data.lr_patch_size
+    shards, held_out = prepare_data(work, args.frames, args.stride, args.speed, lr_patch, say)
     budget_s = 60 * args.minutes
     quiet = ["train.log_every=10", "checkpoint.rolling_every=0", "checkpoint.regular_every=0", "validation.every=0"]
+
+    # Every variant's s/iter, measured in alternating rounds (implicit, flow, ..., implicit, flow, ...)
+    # so that a change in machine load hits all of them: what decides fairness is their ratio.
+    s_per_iter: dict[str, list[float]] = {v: [] for v in variants}
+    for round_index in range(args.calibrate_rounds):
+        for variant in variants:
+            calibrate = work / "runs" / f"calibrate-{variant}-{round_index}"
+            calibrate.parent.mkdir(parents=True, exist_ok=True)
+            run_training(train_command(args.config, calibrate, shards, variant, seeds[0], args.calibrate_steps,
+                                       args.overrides, quiet + ["train.log_every=5", "checkpoint.save_final=false"]),
+                         work / f"calibrate-{variant}-{round_index}.log")
+            s_per_iter[variant].append(steady_s_per_iter(calibrate))
+    plan = {v: max(10, int(budget_s / statistics.median(rates))) for v, rates in s_per_iter.items()}
+    for variant in variants:
+        say(f"{variant}: {' / '.join(f'{r:.3f}' for r in s_per_iter[variant])} s/iter -> {plan[variant]} steps "
+            f"in {args.minutes:g} min")
 
     results = []
     for seed in seeds:
@@ -192,22 +220,17 @@ def run(args) -> int:
             p = cfg.data.lr_patch_size
             model = build_model(cfg.model)
             name = f"{variant}-seed{seed}"
-            calibrate = work / "runs" / f"{name}-calibrate"
-            calibrate.parent.mkdir(parents=True, exist_ok=True)
-            run_training(train_command(args.config, calibrate, shards, variant, seed, args.calibrate_steps,
-                                       args.overrides, quiet + ["checkpoint.save_final=false"]), work / f"{name}-calibrate.log")
-            s_per_iter = last_s_per_iter(calibrate)
-            steps = max(10, int(budget_s / s_per_iter))
-            say(f"{name}: {s_per_iter:.3f} s/iter -> {steps} steps in {args.minutes:g} min")
             run_dir = work / "runs" / name
+            steps = plan[variant]
             started = time.perf_counter()
             run_training(train_command(args.config, run_dir, shards, variant, seed, steps, args.overrides, quiet),
                          work / f"{name}.log")
             wall = time.perf_counter() - started
             scores = evaluate_run(run_dir, held_out, work / "runs" / f"{name}-eval")
+            trained = trained_seconds(run_dir)
             row = {"variant": variant, "seed": seed, "params": count_parameters(model),
-                   "gflops_per_clip": conv_flops_per_clip(model, p, p) / 1e9, "s_per_iter": trained_seconds(run_dir) / steps,
-                   "steps": steps, "train_s": trained_seconds(run_dir), "wall_s": wall, **scores}
+                   "gflops_per_clip": conv_flops_per_clip(model, p, p) / 1e9, "calibrated_s_per_iter": s_per_iter[variant],
+                   "s_per_iter": trained / steps, "steps": steps, "train_s": trained, "wall_s": wall, **scores}
             results.append(row)
             say(format_row(row))
     print(format_table(results))
