@@ -106,7 +106,7 @@ def test_quality_bench_trains_each_variant_for_the_budget_and_scores_held_out_fo
     calibrated step count, trains in its own process, and is scored on footage it never saw."""
     out = tmp_path / "quality.json"
     assert bench.main(["quality", "--config", str(TINY_CONFIG), "--variants", "implicit,flow", "--minutes", "0.05",
-                       "--calibrate-steps", "10", "--calibrate-rounds", "1", "--work", str(tmp_path / "work"), "--json", str(out),
+                       "--calibrate-steps", "12", "--work", str(tmp_path / "work"), "--json", str(out),
                        "model.flow_levels=2", "model.max_flow=4"]) == 0
     result = json.loads(out.read_text())
     rows = {r["variant"]: r for r in result["results"]}

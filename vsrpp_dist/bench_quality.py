@@ -11,12 +11,14 @@ Data (made once in --work, reused):
 - held out (never trained on): the same kind of pans over the two other photos (coffee, chelsea), and
   with --frames the last 25 % of that video's frames (strided the same way).
 
-Each run: `configs/demo.yaml` (or --config) with model.alignment set per variant. Short calibration
-runs (`--calibrate-steps`, not counted), alternating between the variants for `--calibrate-rounds`
-rounds so that machine load hits all alike, measure each variant's s/iter (median); the real run then
-gets total_steps = budget / s_iter, so every variant ends its full LR schedule (warm-up, cosine) inside
-the same budget and the faster ones simply take more steps. The table shows the seconds each run
-really spent in training steps, to check the budget held. Runs go in the order the variants are
+Each run: `configs/demo.yaml` (or --config) with model.alignment set per variant. Calibration runs of
+`--calibrate-steps` (not counted), alternating between the variants for `--calibrate-rounds` rounds,
+measure each variant's s/iter as the trainer counts it (seconds in training steps over steps; the
+median over rounds; explicit alignment with and without its photometric warm-up); the real
+run then gets the step count that fills the budget, so every variant ends its full LR schedule
+(warm-up, cosine) inside the same budget and faster ones take more steps. Keep the machine
+otherwise idle while it runs. The table shows each run's CPU seconds and the wall seconds it really
+spent in training steps, to check the budget held. Runs go in the order the variants are
 named, seed by seed; each is a separate `train.py` process. The final weights are scored by the
 `evaluate` command: Y-PSNR/SSIM (BT.601, 8-bit) against the MATLAB-bicubic LR, per held-out sequence,
 then the mean of sequence means.
@@ -28,6 +30,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,9 +56,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help="model.alignment values, comma-separated")
     p.add_argument("--seeds", default="0", help="run seeds, comma-separated (each variant once per seed)")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget per run (wall clock)")
-    p.add_argument("--calibrate-steps", type=int_at_least(5), default=45, help="steps of each s/iter calibration run")
-    p.add_argument("--calibrate-rounds", type=int_at_least(1), default=2,
-                   help="calibration runs per variant, alternating between variants")
+    p.add_argument("--calibrate-steps", type=int_at_least(5), default=60, help="steps of each calibration run")
+    p.add_argument("--calibrate-rounds", type=int_at_least(1), default=1,
+                   help="calibration rounds, alternating between the variants; the median is used")
     p.add_argument("--frames", help="a folder of consecutive real video frames to add (75 %% train, 25 %% held out)")
     p.add_argument("--stride", type=int_at_least(1), default=3, help="take every N-th frame of --frames (more motion)")
     p.add_argument("--speed", type=float, default=7.5, help="rendered camera speed, GT pixels per frame")
@@ -138,6 +141,12 @@ def run_training(cmd: list[str], log: Path) -> None:
         raise RuntimeError(f"training failed ({code}): {' | '.join(tail)}; full log: {log}")
 
 
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) of every finished child process and its own children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def steady_s_per_iter(run_dir: Path) -> float:
     """The median s/iter of the logged intervals in RUN/training.log after the first third (start-up,
     the shuffle buffer filling and the allocator warming up)."""
@@ -149,7 +158,7 @@ def steady_s_per_iter(run_dir: Path) -> float:
 
 def trained_seconds(run_dir: Path) -> float:
     """Seconds spent in training steps (TrainState.train_seconds, as the run's last log line says)."""
-    found = re.findall(r"finished: step \d+, [\d,]+ clips, [\d.]+ h \((\d+) s\) of training",
+    found = re.findall(r"finished: step \d+, [\d,]+ clips, [\d.]+ h \(([\d.]+) s\) of training",
                        (run_dir / "training.log").read_text())
     if not found:
         raise RuntimeError(f"{run_dir}/training.log: the run did not finish")
@@ -197,21 +206,42 @@ def run(args) -> int:
     budget_s = 60 * args.minutes
     quiet = ["train.log_every=10", "checkpoint.rolling_every=0", "checkpoint.regular_every=0", "validation.every=0"]
 
-    # Every variant's s/iter, measured in alternating rounds (implicit, flow, ..., implicit, flow, ...)
-    # so that a change in machine load hits all of them: what decides fairness is their ratio.
-    s_per_iter: dict[str, list[float]] = {v: [] for v in variants}
+    # Each variant's wall-clock cost per step: the seconds a calibration run spent in its training steps
+    # (the trainer's own count, start-up excluded) over its steps, alternating between the variants for
+    # `--calibrate-rounds` rounds so that a change in machine load hits all of them alike; the median
+    # over rounds. An explicitly aligned variant is measured with and without its photometric warm-up
+    # (alignment.photometric_steps) and the step count solves
+    # min(N, P) * with_warmup + max(0, N - P) * after = budget. (Tried and dropped: the difference of two
+    # runs' wall time, which swung +-30 % over 24 steps; CPU seconds, which OpenMP's spinning threads
+    # inflate 2-3x on a loaded machine.)
+    regimes = {"warm-up": [], "after": ["alignment.photometric_steps=0"]}
+    costs: dict[tuple[str, str], list[float]] = {}
     for round_index in range(args.calibrate_rounds):
         for variant in variants:
-            calibrate = work / "runs" / f"calibrate-{variant}-{round_index}"
-            calibrate.parent.mkdir(parents=True, exist_ok=True)
-            run_training(train_command(args.config, calibrate, shards, variant, seeds[0], args.calibrate_steps,
-                                       args.overrides, quiet + ["train.log_every=5", "checkpoint.save_final=false"]),
-                         work / f"calibrate-{variant}-{round_index}.log")
-            s_per_iter[variant].append(steady_s_per_iter(calibrate))
-    plan = {v: max(10, int(budget_s / statistics.median(rates))) for v, rates in s_per_iter.items()}
+            for regime, extra in regimes.items():
+                if variant == "implicit" and regime == "warm-up":
+                    continue  # no alignment, no warm-up
+                label = f"calibrate-{variant}-{regime}-{round_index}"
+                calibrate = work / "runs" / label
+                calibrate.parent.mkdir(parents=True, exist_ok=True)
+                run_training(train_command(args.config, calibrate, shards, variant, seeds[0], args.calibrate_steps,
+                                           args.overrides, quiet + extra + ["checkpoint.save_final=false"]),
+                             work / f"{label}.log")
+                costs.setdefault((variant, regime), []).append(trained_seconds(calibrate) / args.calibrate_steps)
+    warmup_steps = load_config(args.config, list(args.overrides)).alignment.photometric_steps
+    s_per_iter, plan = {}, {}
     for variant in variants:
-        say(f"{variant}: {' / '.join(f'{r:.3f}' for r in s_per_iter[variant])} s/iter -> {plan[variant]} steps "
-            f"in {args.minutes:g} min")
+        after = statistics.median(costs[(variant, "after")])
+        during = statistics.median(costs.get((variant, "warm-up"), [after]))
+        s_per_iter[variant] = {"warm-up": during, "after": after}
+        if variant != "implicit" and warmup_steps * during >= budget_s:
+            steps = budget_s / during
+        else:
+            warm = warmup_steps if variant != "implicit" else 0
+            steps = warm + (budget_s - warm * during) / after
+        plan[variant] = max(10, int(steps))
+        say(f"{variant}: {after:.3f} s/iter" + (f" ({during:.3f} during the photometric warm-up)" if variant != "implicit"
+                                                 else "") + f" -> {plan[variant]} steps in {args.minutes:g} min")
 
     results = []
     for seed in seeds:
@@ -222,14 +252,15 @@ def run(args) -> int:
             name = f"{variant}-seed{seed}"
             run_dir = work / "runs" / name
             steps = plan[variant]
-            started = time.perf_counter()
+            started, cpu_before = time.perf_counter(), children_cpu_s()
             run_training(train_command(args.config, run_dir, shards, variant, seed, steps, args.overrides, quiet),
                          work / f"{name}.log")
-            wall = time.perf_counter() - started
+            wall, cpu = time.perf_counter() - started, children_cpu_s() - cpu_before
             scores = evaluate_run(run_dir, held_out, work / "runs" / f"{name}-eval")
             trained = trained_seconds(run_dir)
             row = {"variant": variant, "seed": seed, "params": count_parameters(model),
                    "gflops_per_clip": conv_flops_per_clip(model, p, p) / 1e9, "calibrated_s_per_iter": s_per_iter[variant],
+                   "cpu_s": cpu,
                    "s_per_iter": trained / steps, "steps": steps, "train_s": trained, "wall_s": wall, **scores}
             results.append(row)
             say(format_row(row))
@@ -242,13 +273,13 @@ def run(args) -> int:
     return 0
 
 
-HEADER = (f"{'variant':<12} {'seed':>4} {'params':>9} {'GFLOP/clip':>10} {'s/iter':>7} {'steps':>6} {'train s':>7}   "
+HEADER = (f"{'variant':<12} {'seed':>4} {'params':>9} {'GFLOP/clip':>10} {'s/iter':>7} {'steps':>6} {'CPU s':>6} {'train s':>7}   "
           f"{'Y-PSNR':>7} {'bicubic':>7} {'gain':>7}   {'Y-SSIM':>7} {'bicubic':>7}")
 
 
 def format_row(r: dict) -> str:
     return (f"{r['variant']:<12} {r['seed']:>4} {r['params']:>9,} {r['gflops_per_clip']:>10.3f} {r['s_per_iter']:>7.3f} "
-            f"{r['steps']:>6} {r['train_s']:>7.0f}   {r['y_psnr_model']:>7.3f} {r['y_psnr_bicubic']:>7.3f} "
+            f"{r['steps']:>6} {r['cpu_s']:>6.0f} {r['train_s']:>7.0f}   {r['y_psnr_model']:>7.3f} {r['y_psnr_bicubic']:>7.3f} "
             f"{r['y_psnr_model'] - r['y_psnr_bicubic']:>+7.3f}   {r['y_ssim_model']:>7.4f} {r['y_ssim_bicubic']:>7.4f}")
 
 

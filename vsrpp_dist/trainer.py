@@ -284,7 +284,7 @@ class Trainer:
                           f"newest checkpoint on disk: {fallback}; free space and run again with --resume")
                 return 1
             obs.info(f"finished: step {state.step}, {state.clips_seen:,} clips, "
-                     f"{state.train_seconds / 3600:.2f} h ({state.train_seconds:.0f} s) of training")
+                     f"{state.train_seconds / 3600:.2f} h ({state.train_seconds:.1f} s) of training")
             return 0
         except BaseException as err:
             self._crash_checkpoint(err)
