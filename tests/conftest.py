@@ -17,7 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def demo_frames(tmp_path_factory) -> Path:
     """4 REDS-style sequences of 14 frames, 72x96, rendered from scikit-image photos."""
-    from vsrpp_dist.demo_data import write_frame_folders
+    from vsrpp_dist.tools.demo_data import write_frame_folders
 
     root = tmp_path_factory.mktemp("frames")
     write_frame_folders(root, sequences=4, frames=14, frame_hw=(72, 96), seed=1)
@@ -26,7 +26,7 @@ def demo_frames(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def train_shards(demo_frames, tmp_path_factory) -> Path:
-    from vsrpp_dist.pack import main as pack
+    from vsrpp_dist.data.pack_command import main as pack
 
     out = tmp_path_factory.mktemp("shards") / "train"
     assert pack([str(demo_frames), str(out), "--min-tile", "48", "--frames-per-sample", "7",
@@ -36,8 +36,8 @@ def train_shards(demo_frames, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def val_shards(tmp_path_factory) -> Path:
-    from vsrpp_dist.demo_data import write_frame_folders
-    from vsrpp_dist.pack import main as pack
+    from vsrpp_dist.tools.demo_data import write_frame_folders
+    from vsrpp_dist.data.pack_command import main as pack
 
     frames = tmp_path_factory.mktemp("val_frames")
     write_frame_folders(frames, sequences=2, frames=6, frame_hw=(48, 48), seed=7, photos=("coffee", "chelsea"))

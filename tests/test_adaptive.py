@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vsrpp_dist.adaptive import AdaptiveController
+from vsrpp_dist.training.adaptive import AdaptiveController
 from vsrpp_dist.config import load_config
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsrpp_dist import autotune as at
-from vsrpp_dist.autotune import (
+from vsrpp_dist.training import autotune as at
+from vsrpp_dist.training.autotune import (
     AutotuneError,
     Candidate,
     CudaStepProbe,
@@ -27,8 +27,8 @@ from vsrpp_dist.autotune import (
     validity_key,
 )
 from vsrpp_dist.config import ModelConfig, load_config
-from vsrpp_dist.loss import LossWeights
-from vsrpp_dist.runtime import DevicePlan, plan_batches
+from vsrpp_dist.model.loss import LossWeights
+from vsrpp_dist.training.runtime import DevicePlan, plan_batches
 
 GB = 2**30
 

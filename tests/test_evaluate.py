@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vsrpp_dist import evaluate, upscale
-from vsrpp_dist.checkpoint import WEIGHTS_NAME
+from vsrpp_dist.inference import evaluate, upscale
+from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
 from vsrpp_dist.config import ValidationConfig
 from vsrpp_dist.imresize import downscale
 from vsrpp_dist.imresize import upscale as bicubic_x3
@@ -38,7 +38,7 @@ def weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def gt_root(tmp_path_factory) -> Path:
     """Two REDS-style GT sequences of 6 frames at 72x90 rendered from real photos."""
-    from vsrpp_dist.demo_data import write_frame_folders
+    from vsrpp_dist.tools.demo_data import write_frame_folders
 
     root = tmp_path_factory.mktemp("gt")
     write_frame_folders(root, sequences=2, frames=FRAMES, frame_hw=GT_HW, seed=5, photos=("coffee", "astronaut"))
@@ -126,9 +126,9 @@ def test_real_lr_pairs_give_the_same_numbers_as_bi(weights, gt_root, tmp_path, c
 
 
 def test_packed_set_matches_frame_folders_and_training_validation(weights, gt_root, tmp_path, capsys):
-    from vsrpp_dist.inference import load_model
-    from vsrpp_dist.pack import main as pack
-    from vsrpp_dist.validate import Validator
+    from vsrpp_dist.inference.common import load_model
+    from vsrpp_dist.data.pack_command import main as pack
+    from vsrpp_dist.training.validation import Validator
 
     assert pack(["--val", str(gt_root), str(tmp_path / "val")]) == 0
     capsys.readouterr()
@@ -189,7 +189,7 @@ def test_crop_border_changes_the_measured_area(weights, gt_root, tmp_path, capsy
 
 
 def test_bad_input_is_one_line_and_exit_2(weights, gt_root, tmp_path, capsys):
-    from vsrpp_dist.pack import main as pack
+    from vsrpp_dist.data.pack_command import main as pack
 
     bad_lr = tmp_path / "bad_lr"
     for name in ("000", "001"):

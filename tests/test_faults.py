@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsrpp_dist.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, load_exported_weights, read_info
+from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, load_exported_weights, read_info
 from vsrpp_dist.data import shard_format as fmt
 from vsrpp_dist.data.stream import EpochPlan
 

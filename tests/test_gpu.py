@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vsrpp_dist.config import load_config
-from vsrpp_dist.run_dir import StartRequest
+from vsrpp_dist.training.run_dir import StartRequest
 
 from .conftest import ROOT
 
@@ -24,8 +24,8 @@ SIX_GB_CAP = 0.8 * 6 * 2**30
 @pytest.fixture(scope="module")
 def gpu_shards(tmp_path_factory):
     """Real-photo shards with tiles large enough for the default 64 px LR patch (192 px GT)."""
-    from vsrpp_dist.demo_data import write_frame_folders
-    from vsrpp_dist.pack import main as pack
+    from vsrpp_dist.tools.demo_data import write_frame_folders
+    from vsrpp_dist.data.pack_command import main as pack
 
     root = tmp_path_factory.mktemp("gpu")
     write_frame_folders(root / "frames", sequences=4, frames=20, frame_hw=(216, 288), seed=5)
@@ -49,7 +49,7 @@ def clean_state():
 
 
 def run_trainer(config, run_dir, shards, *overrides):
-    from vsrpp_dist.trainer import Trainer
+    from vsrpp_dist.training.trainer import Trainer
 
     cfg = load_config(ROOT / "configs" / config, [
         f"run.dir={run_dir}", f"data.train_shards={shards / 'train'}", f"data.val_shards={shards / 'val'}",
@@ -107,7 +107,7 @@ def test_imresize_and_metrics_agree_between_cpu_and_gpu():
 def test_deformable_conv_on_the_gpu_equals_the_cpu_decomposition():
     """On CUDA the alignment uses torchvision's deform_conv2d kernel, on CPUs the grid_sample
     decomposition; both must compute the same alignment."""
-    from vsrpp_dist.alignment import deform_conv2d, deform_conv2d_by_sampling
+    from vsrpp_dist.model.alignment import deform_conv2d, deform_conv2d_by_sampling
 
     torch.manual_seed(0)
     x, offset = torch.randn(2, 16, 24, 20), 3 * torch.randn(2, 18 * 8, 24, 20)

@@ -2,7 +2,7 @@
 
 import torch
 
-from vsrpp_dist.loss import HybridLoss, LossWeights
+from vsrpp_dist.model.loss import HybridLoss, LossWeights
 
 
 def test_parts_and_weighted_total():

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from vsrpp_dist.config import load_config
-from vsrpp_dist.lr_schedule import PHASE_COSINE, PHASE_PLATEAU, PHASE_WARMUP, LRSchedule, base_lr
+from vsrpp_dist.training.lr_schedule import PHASE_COSINE, PHASE_PLATEAU, PHASE_WARMUP, LRSchedule, base_lr
 
 
 def schedule(*overrides):

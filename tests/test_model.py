@@ -6,8 +6,8 @@ import torch
 from vsrpp_dist.config import load_config
 
 from .conftest import ROOT
-from vsrpp_dist.model import VSRBidirectional_3x, build_model, conv_flops_per_clip, count_parameters
-from vsrpp_dist.wrapping import set_activation_checkpointing
+from vsrpp_dist.model.architecture import VSRBidirectional_3x, build_model, conv_flops_per_clip, count_parameters
+from vsrpp_dist.training.wrapping import set_activation_checkpointing
 
 
 def tiny_model():

@@ -9,8 +9,8 @@ import logging
 
 import pytest
 
-from vsrpp_dist import observer as observer_module
-from vsrpp_dist.observer import STATUS_NAME, Observer
+from vsrpp_dist.training import observer as observer_module
+from vsrpp_dist.training.observer import STATUS_NAME, Observer
 
 
 def disk_full(*args, **kwargs):

@@ -121,7 +121,7 @@ def test_too_many_streams_for_the_samples_is_refused(train_shards):
 
 
 def test_a_validation_split_is_not_a_training_stream(val_shards):
-    with pytest.raises(DataStreamError, match="packed without --val"):
+    with pytest.raises(ShardFormatError, match="packed without --val"):
         ClipStream(val_shards, data_cfg(), seed=0, rank=0, world_size=1, batch_size=1)
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsrpp_dist.checkpoint import CheckpointError, list_complete, load_exported_weights
+from vsrpp_dist.training.checkpoint import CheckpointError, list_complete, load_exported_weights
 from vsrpp_dist.config import load_config
-from vsrpp_dist.model import build_model
-from vsrpp_dist.run_dir import StartError, StartRequest, decide_start
-from vsrpp_dist.trainer import Trainer, TrainingError, lost_a_rank, peer_gone_reason
+from vsrpp_dist.model.architecture import build_model
+from vsrpp_dist.training.run_dir import StartError, StartRequest, decide_start
+from vsrpp_dist.training.trainer import Trainer, TrainingError, lost_a_rank, peer_gone_reason
 
 from .conftest import TINY
 from .test_e2e_launcher import read_scalars
@@ -269,9 +269,52 @@ def test_repeated_nonfinite_steps_roll_back_with_a_lower_lr(train_shards, val_sh
     assert trainer.state.rollbacks == 1 and trainer.schedule.state.rollbacks == 1
     log = (run_dir / "training.log").read_text()
     assert "rolled back to rolling-00000004" in log
-    from vsrpp_dist.lr_schedule import base_lr
+    from vsrpp_dist.training.lr_schedule import base_lr
     assert trainer.schedule.lr(6) == pytest.approx(0.5 * base_lr(6, 1e-3, 1e-5, 2, 8))
     assert read_scalars(run_dir, "LR_Schedule/Phase")[8] == 2.0
+
+
+def failing_steps(bad_step: int, failures: int):
+    """A patch: the loss of optimizer step `bad_step` is infinite the first `failures` times it is tried."""
+    calls = {"n": 0}
+
+    def patch(trainer):
+        real = trainer.loss_fn
+
+        def loss_fn(sr, gt, weights):
+            parts = real(sr, gt, weights)
+            if trainer.state.step + 1 == bad_step and calls["n"] < failures:
+                calls["n"] += 1
+                parts = dict(parts, total=parts["total"] * float("inf"))
+            return parts
+
+        trainer.loss_fn = loss_fn
+
+    return patch
+
+
+def test_every_rollback_to_the_same_checkpoint_lowers_the_lr_again(train_shards, val_shards, tmp_path):
+    """Two rollbacks to one checkpoint: the LR is x0.5 twice (it was restored with the checkpoint's
+    rollback count and lowered once only, so repeated blow-ups looped at the same LR)."""
+    from vsrpp_dist.training.lr_schedule import base_lr
+
+    run_dir = tmp_path / "run"
+    cfg = make_config(run_dir, train_shards, val_shards, "train.total_steps=8", "validation.every=0",
+                      "checkpoint.rolling_every=4", "guard.max_nonfinite_in_row=2", "guard.rollback_lr_factor=0.5")
+    trainer, code = train(cfg, patch=failing_steps(6, failures=4))  # fails twice in a row, twice
+    assert code == 0 and trainer.state.step == 8
+    assert trainer.state.rollbacks == 2 and trainer.schedule.state.rollbacks == 2
+    assert trainer.schedule.lr(6) == pytest.approx(0.25 * base_lr(6, 1e-3, 1e-5, 2, 8))
+    log = (run_dir / "training.log").read_text()
+    assert log.count("rolled back to rolling-00000004") == 2 and "(rollback 2)" in log
+
+
+def test_training_stops_after_guard_max_rollbacks(train_shards, val_shards, tmp_path):
+    cfg = make_config(tmp_path / "run", train_shards, val_shards, "train.total_steps=8", "validation.every=0",
+                      "checkpoint.rolling_every=4", "guard.max_nonfinite_in_row=1", "guard.max_rollbacks=3")
+    with pytest.raises(TrainingError, match=r"after 3 rollbacks \(guard.max_rollbacks=3\)") as caught:
+        train(cfg, patch=failing_steps(6, failures=100))
+    assert "\n" not in str(caught.value)
 
 
 def test_nonfinite_without_any_checkpoint_stops_with_advice(train_shards, val_shards, tmp_path):

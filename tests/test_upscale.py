@@ -15,12 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-from vsrpp_dist import upscale
-from vsrpp_dist.checkpoint import WEIGHTS_FORMAT, WEIGHTS_NAME, point_symlink
+from vsrpp_dist.inference import upscale
+from vsrpp_dist.training.checkpoint import WEIGHTS_FORMAT, WEIGHTS_NAME, point_symlink
 from vsrpp_dist.cli import run_cli
 from vsrpp_dist.config import ModelConfig, config_to_dict
-from vsrpp_dist.inference import (
-    USER_ERRORS,
+from vsrpp_dist.inference.common import (
     ClipUpscaler,
     load_model,
     receptive_radius,
@@ -28,8 +27,8 @@ from vsrpp_dist.inference import (
     tile_spans,
     to_uint8,
 )
-from vsrpp_dist.model import build_model
-from vsrpp_dist.validate import window_indices
+from vsrpp_dist.model.architecture import build_model
+from vsrpp_dist.training.validation import window_indices
 
 from .conftest import ROOT
 
@@ -53,7 +52,7 @@ def save_weights(path: Path, seed: int = 0, model_config: dict | None = None, **
 
 def run(capsys, module, *argv) -> tuple[int, str, str]:
     """A command in-process through run_cli, as `python -m` runs it."""
-    rc = run_cli(module.main, [str(a) for a in argv], prog=module.PROG, extra_user_errors=USER_ERRORS)
+    rc = module.cli([str(a) for a in argv])
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
@@ -92,7 +91,7 @@ def weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
     """One folder of 7 real-photo frames at 24x30 (the LR input of upscale)."""
-    from vsrpp_dist.demo_data import write_frame_folders
+    from vsrpp_dist.tools.demo_data import write_frame_folders
 
     root = tmp_path_factory.mktemp("clip")
     return write_frame_folders(root, sequences=1, frames=FRAMES, frame_hw=LR_HW, seed=3)[0]
@@ -221,7 +220,7 @@ def test_frame_folder_to_png_folder(weights, clip, clip_frames, tmp_path, capsys
 
 
 def test_tiled_command_matches_whole_frames(weights, tmp_path, capsys):
-    from vsrpp_dist.demo_data import write_frame_folders
+    from vsrpp_dist.tools.demo_data import write_frame_folders
 
     # odd sizes, and large enough for tiles of 7 plus the radius (14) of context on both sides
     clip = write_frame_folders(tmp_path / "in", sequences=1, frames=5, frame_hw=(45, 57), seed=4)[0]

@@ -1,5 +1,6 @@
-"""What every command shares: user errors become one line on stderr and exit code 2, no traceback;
-failures that a traceback would not explain either (another rank gone) one line and exit code 1."""
+"""What every command shares: user errors (errors.UserError, and a missing file or folder the OS names)
+become one line on stderr and exit code 2, no traceback; failures that a traceback would not explain
+either (errors.RunFailure: another rank gone) one line and exit code 1."""
 
 from __future__ import annotations
 
@@ -7,26 +8,19 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from .autotune import AutotuneError
-from .checkpoint import CheckpointError
-from .config import ConfigError
-from .data.shard_format import ShardFormatError
-from .data.stream import DataStreamError
-from .run_dir import StartError
+from .errors import RunFailure, UserError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, AutotuneError, StartError, CheckpointError, ShardFormatError,
-                                                DataStreamError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None, *,
-            prog: str = "vsrpp-dist", extra_user_errors: tuple[type[BaseException], ...] = (),
-            failures: tuple[type[BaseException], ...] = ()) -> int:
+            prog: str = "vsrpp-dist") -> int:
     try:
         return main(argv)
-    except USER_ERRORS + extra_user_errors as err:
+    except USER_ERRORS as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except failures as err:
+    except RunFailure as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from .errors import ConfigError
 
 
-class ConfigError(ValueError):
-    """A user error in a config file or a command-line override; the message names the key."""
 
 
 def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
@@ -30,6 +29,11 @@ def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float 
     return dataclasses.field(default=default, metadata=meta)
 
 
+# The upscaling factor of everything here: the architecture (VSRBidirectional_3x), the shards' LR/GT
+# geometry, the degradation and the metrics. The one definition; ModelConfig.scale records it.
+SCALE = 3
+
+
 @dataclass(frozen=True)
 class RunConfig:
     dir: str = setting("runs/default", "run directory: logs, checkpoints, resolved config")
@@ -39,7 +43,7 @@ class RunConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = setting("VSRBidirectional_3x", "architecture", choices=("VSRBidirectional_3x",))
-    scale: int = setting(3, "upscaling factor (the architecture is built for x3)", choices=(3,))
+    scale: int = setting(SCALE, "upscaling factor (the architecture is built for x3)", choices=(SCALE,))
     num_frames: int = setting(5, "LR frames per clip; the centre one is restored", choices=(5,))
     channels: int = setting(128, "feature width of every trunk", min=4)
     extract_blocks: int = setting(5, "residual blocks of the per-frame feature extractor", min=0)
@@ -146,7 +150,8 @@ class AdaptiveConfig:
 @dataclass(frozen=True)
 class GuardConfig:
     max_nonfinite_in_row: int = setting(5, "non-finite steps in a row before rolling back to a checkpoint", min=1)
-    rollback_lr_factor: float = setting(0.5, "LR multiplier applied on each rollback", min=0.0, max=1.0)
+    rollback_lr_factor: float = setting(0.5, "LR multiplier applied on each rollback (they compound)", min=0.0, max=1.0)
+    max_rollbacks: int = setting(5, "rollbacks in one run before training stops with an error", min=0)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     accelerate launch vsrpp_dist/train.py --config configs/default.yaml [key.sub=value ...]
     python vsrpp_dist/train.py --config configs/demo.yaml            (one device)
     python -m vsrpp_dist.train --config ...                          (same)
+    vsrpp train --config ...                                         (same, from an installed package)
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ def main(argv=None) -> int:
         return 0
     cfg = load_config(args.config, args.overrides)
 
-    from vsrpp_dist.run_dir import StartRequest
-    from vsrpp_dist.trainer import Trainer
+    from vsrpp_dist.training.run_dir import StartRequest
+    from vsrpp_dist.training.trainer import Trainer
 
     trainer = Trainer(cfg, StartRequest(resume=args.resume, fresh=args.fresh, auto_resume=args.auto_resume))
     try:
@@ -59,10 +60,8 @@ def main(argv=None) -> int:
     return code
 
 
-def cli() -> int:
-    from vsrpp_dist.trainer import RankLostError, TrainingError
-
-    return run_cli(main, prog="train", extra_user_errors=(TrainingError,), failures=(RankLostError,))
+def cli(argv=None) -> int:
+    return run_cli(main, argv, prog="train")
 
 
 if __name__ == "__main__":

@@ -51,8 +51,8 @@ def main(cases_path: str, results_path: str) -> int:
     train_py = spec["train_py"]
     import vsrpp_dist.cli  # noqa: F401  (train.py's imports at start-up)
     import vsrpp_dist.config  # noqa: F401
-    import vsrpp_dist.run_dir  # noqa: F401
-    import vsrpp_dist.trainer  # noqa: F401  (train.py's main() imports it before building the Trainer)
+    import vsrpp_dist.training.run_dir  # noqa: F401
+    import vsrpp_dist.training.trainer  # noqa: F401  (train.py's main() imports it before building the Trainer)
 
     children = {}
     for name, case in spec["cases"].items():

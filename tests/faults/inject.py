@@ -69,7 +69,7 @@ def _patch_steps(nan: str, crash: str, fill: str) -> None:
     """Wrap the trainer's loss: per optimizer step, NaN it, raise, or fill the disk first."""
     import torch
 
-    from vsrpp_dist import trainer as trainer_module
+    from vsrpp_dist.training import trainer as trainer_module
 
     nan_budget: dict[int, int] = {}
     for item in filter(None, (i.strip() for i in nan.split(","))):

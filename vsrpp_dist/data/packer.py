@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write_text
 from .shard_format import (
     DEFAULT_CODEC,
     PARTIAL_SUFFIX,
@@ -497,13 +498,5 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_json_atomically(path: Path, obj) -> None:
     """`path.partial` first, fsync, then rename: a reader never sees half a file."""
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(partial, "w", encoding="utf-8") as handle:
-        json.dump(obj, handle, indent=1)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    if path.exists():
-        raise FileExistsError(f"{path} appeared while packing; not overwriting it")
-    os.rename(partial, path)
-    _fsync_dir(path.parent)
+    atomic_write_text(path, json.dumps(obj, indent=1) + "\n", durable=True, overwrite=False,
+                      temporary=path.with_name(path.name + PARTIAL_SUFFIX))

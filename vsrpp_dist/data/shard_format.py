@@ -25,11 +25,12 @@ import torch
 
 FORMAT_NAME = "vsrpp-shards"
 FORMAT_VERSION = 1
-SCALE = 3
 MANIFEST_NAME = "manifest.json"
 PARTIAL_SUFFIX = ".partial"  # files being written; never read, never counted as complete
 CODECS = ("webp", "png", "raw")
 DEFAULT_CODEC = "webp"  # lossless; chosen by measurement (BENCHMARKS.md, `bench loader --codecs`)
+from ..config import SCALE
+from ..errors import ShardFormatError
 
 
 # torchvision 0.29 flags its image codecs as deprecated in favour of torchcodec, on every call. They
@@ -39,8 +40,6 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 
-class ShardFormatError(ValueError):
-    """A shard or manifest that does not match what the manifest promises."""
 
 
 # -- tiling ------------------------------------------------------------------------------------------
@@ -179,4 +178,14 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     if not manifest.get("shards"):
         raise ShardFormatError(f"{path}: the manifest lists no shards")
     manifest["_folder"] = str(path.parent)
+    return manifest
+
+
+def read_split_manifest(folder: str | Path, split: str, setting: str) -> dict:
+    """The manifest of a folder that must hold the given split ("train" or "val"); both readers refuse
+    the other split with the same error, naming the config key."""
+    manifest = read_manifest(folder)
+    if manifest.get("split") != split:
+        how = "with --val" if split == "val" else "without --val"
+        raise ShardFormatError(f"{folder}: holds a {manifest.get('split')!r} split; {setting} needs shards packed {how}")
     return manifest

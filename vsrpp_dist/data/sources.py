@@ -24,14 +24,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 LIST_SUFFIXES = (".txt",)
 VIMEO_LISTS = {"train": "sep_trainlist.txt", "val": "sep_testlist.txt"}
+from ..errors import SequenceError, SourceError
 
 
-class SourceError(ValueError):
-    """A source the user named cannot be used at all (missing, empty, unreadable list); one line."""
 
 
-class SequenceError(ValueError):
-    """One sequence cannot be packed (bad frame, decode failure, ...); it is skipped and reported."""
 
 
 @dataclass(frozen=True)

@@ -33,22 +33,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..errors import DataStreamError
 from ..signals import detach_worker_from_signals
 from . import shard_format as fmt
 
 CLIP_FRAMES = 5
 
 
-class DataStreamError(RuntimeError):
-    """The stream cannot go on (no usable data, bad settings); the message says what to fix."""
-
-    def __init__(self, message: str) -> None:
-        # A loader worker's error reaches the rank through torch's ExceptionWrapper.reraise, which builds
-        # DataStreamError("Caught DataStreamError in DataLoader worker process N.\nOriginal Traceback ...
-        # DataStreamError: MESSAGE"). The user needs MESSAGE, one line, not the worker's stack.
-        if message.startswith(f"Caught {type(self).__name__} ") and "\nOriginal Traceback" in message:
-            message = message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
-        super().__init__(message)
 
 
 def _generator(*words: int) -> np.random.Generator:
@@ -159,7 +150,7 @@ class ShardReader:
 def byte_bounded_shuffle(samples: Iterator[dict[str, bytes]], limit_bytes: int,
                          rng: np.random.Generator) -> Iterator[dict[str, bytes]]:
     """Shuffle raw (undecoded) samples through a buffer bounded in bytes, not in sample count: a
-    sample-count buffer of large clips can eat gigabytes per worker (PITFALLS.md)."""
+    sample-count buffer of large clips can eat gigabytes per worker (5000 raw 5x256x256 clips: ~5 GB)."""
     buffer: list[dict[str, bytes]] = []
     held = 0
     for sample in samples:
@@ -225,10 +216,7 @@ class ClipStream(IterableDataset):
 
     def __init__(self, folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
                  batch_size: int, start_batch: int = 0, scale: int = 3) -> None:
-        self.manifest = fmt.read_manifest(folder)
-        if self.manifest.get("split") != "train":
-            raise DataStreamError(f"{folder}: holds a {self.manifest.get('split')!r} split; "
-                                  "data.train_shards needs shards packed without --val")
+        self.manifest = fmt.read_split_manifest(folder, "train", "data.train_shards")
         self.folder = Path(self.manifest["_folder"])
         self.cfg = data_cfg
         self.seed = seed
@@ -316,7 +304,8 @@ class ClipStream(IterableDataset):
 
 def build_train_loader(folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
                        batch_size: int, start_batch: int = 0, pin_memory: bool = False) -> DataLoader:
-    """The rank's loader; deliberately not passed through accelerator.prepare (PITFALLS.md)."""
+    """The rank's loader; deliberately not passed through accelerator.prepare (which would have rank 0 read
+    its own split only and dispatch slices of it: half the data never seen)."""
     dataset = ClipStream(folder, data_cfg, seed=seed, rank=rank, world_size=world_size,
                          batch_size=batch_size, start_batch=start_batch)
     workers = data_cfg.num_workers

@@ -23,10 +23,7 @@ class ValSequence:
 
 class ValidationSet:
     def __init__(self, folder: str | Path, max_sequences: int = 0) -> None:
-        self.manifest = fmt.read_manifest(folder)
-        if self.manifest.get("split") != "val":
-            raise fmt.ShardFormatError(f"{folder}: holds a {self.manifest.get('split')!r} split; "
-                                       "data.val_shards needs shards packed with --val")
+        self.manifest = fmt.read_split_manifest(folder, "val", "data.val_shards")
         self.folder = Path(self.manifest["_folder"])
         self.codec = self.manifest["codec"]
         self.max_sequences = max_sequences

@@ -10,10 +10,10 @@ upsampled centre frame as a global residual: the network only learns the detail 
 Alignment (`model.alignment`): `implicit` leaves it to the convolutions over the concatenated
 neighbour and state (the original model, unchanged); `flow` and `flow_deform` align the state to each
 neighbour explicitly before absorbing it, with a flow network and a deformable convolution trained from
-scratch (vsrpp_dist/alignment.py says how).
+scratch (vsrpp_dist/model/alignment.py says how).
 
 This module imports only torch (and torchvision.ops through alignment.py); precision, activation
-checkpointing, DDP and compilation are applied from outside (see vsrpp_dist/wrapping.py).
+checkpointing, DDP and compilation are applied from outside (see vsrpp_dist/training/wrapping.py).
 """
 
 from __future__ import annotations
@@ -184,6 +184,8 @@ def build_model(model_cfg) -> VSRBidirectional_3x:
     """Build the architecture named in the config (`ModelConfig`)."""
     if model_cfg.name != "VSRBidirectional_3x":
         raise ValueError(f"model.name: unknown architecture {model_cfg.name!r}")
+    if model_cfg.scale != VSRBidirectional_3x.scale:
+        raise ValueError(f"model.scale: {model_cfg.name} upscales x{VSRBidirectional_3x.scale}, not x{model_cfg.scale}")
     return VSRBidirectional_3x(
         channels=model_cfg.channels,
         extract_blocks=model_cfg.extract_blocks,

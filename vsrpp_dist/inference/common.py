@@ -31,25 +31,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .alignment import FLOW_KERNEL
-from .checkpoint import CheckpointError, load_exported_weights
-from .cli import int_at_least
-from .config import LEGACY_MODEL_VALUES, ConfigError, ModelConfig, load_config
-from .data.sources import Sequence, SequenceError, SourceError, read_frames
-from .model import build_model
-from .validate import window_indices
-from .wrapping import to_channels_last
+from ..errors import InferenceError
+from ..model.alignment import FLOW_KERNEL
+from ..training.checkpoint import CheckpointError, load_exported_weights
+from ..cli import int_at_least
+from ..config import LEGACY_MODEL_VALUES, ConfigError, ModelConfig, load_config
+from ..data.sources import Sequence, SequenceError, SourceError, read_frames
+from ..model.architecture import build_model
+from ..training.validation import window_indices
+from ..training.wrapping import to_channels_last
 
 T = TypeVar("T")
 
 
-class InferenceError(ValueError):
-    """A user error in an inference command (bad input, output in the way); one line naming it."""
-
-
-# What `run_cli` reports as one line (exit 2) on top of its own list: the sources module's errors name
-# the path already.
-USER_ERRORS = (InferenceError, SourceError, SequenceError)
 
 
 # -- the receptive field -----------------------------------------------------------------------------

@@ -34,9 +34,11 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from .imresize import downscale
-from .loss import HybridLoss, LossWeights
-from .model import build_model
+from ..files import atomic_write_text
+from ..errors import AutotuneError
+from ..imresize import downscale
+from ..model.loss import HybridLoss, LossWeights
+from ..model.architecture import build_model
 from .runtime import BatchPlan, DevicePlan, plan_batches
 from .wrapping import set_activation_checkpointing, to_channels_last
 
@@ -55,13 +57,6 @@ Log = Callable[[str], None]
 Agree = Callable[[Sequence[float]], list]  # element-wise MAX over all ranks; identity in one process
 
 
-class AutotuneError(ValueError):
-    """Auto-tune found no usable setting (or the ranks disagree); the message is one line saying why.
-    `result` holds what was measured, when anything was."""
-
-    def __init__(self, message: str, result: AutotuneResult | None = None) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -650,13 +645,7 @@ def write_result(run_dir: str | Path, result: AutotuneResult) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / RESULT_FILE
-    tmp = run_dir / f".{RESULT_FILE}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(result.to_json(), f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(result.to_json(), indent=2) + "\n", durable=True)
     return path
 
 

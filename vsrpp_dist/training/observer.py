@@ -16,24 +16,14 @@ from typing import Any, Mapping
 
 import torch
 
+from ..files import atomic_write_text
+
 LOG_NAME = "training.log"
 STATUS_NAME = "training_status.txt"
 TB_DIR = "logs"
 
 
 TB_RETRY_SECONDS = 60.0  # after a failed TensorBoard write, how long before a new event file is tried
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Readers see the old file or the new one, never half of one. A failed write (disk full) removes
-    its own temporary file and raises; the old file stays."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _quiet_tensorboard_thread_errors() -> None:

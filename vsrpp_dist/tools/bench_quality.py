@@ -37,16 +37,15 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import int_at_least
+from ..errors import BenchError
+from ..cli import int_at_least
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/ lives there)
 ALL_VARIANTS = ("implicit", "flow", "flow_deform")
 TRAIN_PHOTOS = ("astronaut", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "colorwheel")
 HELD_OUT_PHOTOS = ("coffee", "chelsea")
 
 
-class QualityBenchError(ValueError):
-    """A user error (bad option, a work folder in the way); one line, exit code 2."""
 
 
 def add_parser(subparsers) -> None:
@@ -76,7 +75,7 @@ def prepare_data(work: Path, frames: str | None, stride: int, speed: float, lr_p
     """Training shards and held-out frame folders, made once (a marker file says they are complete).
     Rendered frames and shard tiles are large enough for the config's patch (3 x lr_patch GT pixels)."""
     from .demo_data import write_frame_folders
-    from .pack import main as pack
+    from ..data.pack_command import main as pack
 
     shards, held_out_root = work / "shards" / "train", work / "held_out"
     marker = work / "data-complete.json"
@@ -87,7 +86,7 @@ def prepare_data(work: Path, frames: str | None, stride: int, speed: float, lr_p
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
         return shards, sorted(p for p in held_out_root.iterdir() if p.is_dir())
     if work.exists() and any((work / name).exists() for name in ("shards", "held_out", "train_frames")):
-        raise QualityBenchError(f"{work}: holds an unfinished or different bench data set; move it away or pass --work")
+        raise BenchError(f"{work}: holds an unfinished or different bench data set; move it away or pass --work")
     say(f"rendering footage into {work} ...")
     train_frames = work / "train_frames"
     write_frame_folders(train_frames / "pans", sequences=len(TRAIN_PHOTOS), frames=40, frame_hw=frame_hw, seed=11,
@@ -107,11 +106,11 @@ def split_video_frames(folder: Path, stride: int, train: Path, held_out: Path) -
     sequences with the size cropped to a multiple of 3."""
     from PIL import Image
 
-    from .data.sources import IMAGE_SUFFIXES, natural_key
+    from ..data.sources import IMAGE_SUFFIXES, natural_key
 
     names = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
     if len(names) < 40:
-        raise QualityBenchError(f"--frames {folder}: needs at least 40 frames, found {len(names)}")
+        raise BenchError(f"--frames {folder}: needs at least 40 frames, found {len(names)}")
     picked = names[::stride]
     cut = int(len(picked) * 0.75)
     for part, out in ((picked[:cut], train / "000"), (picked[cut:], held_out / "000")):
@@ -166,7 +165,7 @@ def trained_seconds(run_dir: Path) -> float:
 
 
 def evaluate_run(run_dir: Path, held_out: list[Path], out: Path) -> dict:
-    from .evaluate import main as evaluate
+    from ..inference.evaluate import main as evaluate
 
     scores = {}
     for folder in held_out:
@@ -185,8 +184,8 @@ def evaluate_run(run_dir: Path, held_out: list[Path], out: Path) -> dict:
 
 
 def run(args) -> int:
-    from .config import load_config
-    from .model import build_model, conv_flops_per_clip, count_parameters
+    from ..config import load_config
+    from ..model.architecture import build_model, conv_flops_per_clip, count_parameters
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -194,11 +193,11 @@ def run(args) -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in ALL_VARIANTS]
     if unknown:
-        raise QualityBenchError(f"--variants: unknown {unknown[0]!r} (known: {', '.join(ALL_VARIANTS)})")
+        raise BenchError(f"--variants: unknown {unknown[0]!r} (known: {', '.join(ALL_VARIANTS)})")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
-        raise QualityBenchError(f"--seeds {args.seeds}: expected whole numbers, comma-separated") from None
+        raise BenchError(f"--seeds {args.seeds}: expected whole numbers, comma-separated") from None
     work = Path(args.work).absolute()
     work.mkdir(parents=True, exist_ok=True)
     lr_patch = load_config(args.config, list(args.overrides)).data.lr_patch_size

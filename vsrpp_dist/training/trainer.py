@@ -11,7 +11,6 @@ and the logs need.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import time
@@ -24,40 +23,28 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from . import __version__
+from ..errors import RankLostError, TrainingError
+from .. import __version__
 from .adaptive import AdaptiveController
 from .autotune import Ranks, autotune
 from .checkpoint import WEIGHTS_FORMAT, CheckpointError, CheckpointManager, CheckpointWriteError, list_complete
-from .config import Config, ConfigError, architecture_of, config_to_dict, dump_config
-from .data.shard_format import ShardFormatError
-from .data.stream import ClipStream, build_train_loader
-from .data.validation_set import ValidationSet
+from ..config import Config, ConfigError, architecture_of, config_to_dict, dump_config
+from ..data.shard_format import ShardFormatError
+from ..data.stream import ClipStream, build_train_loader
+from ..data.validation_set import ValidationSet
 from .ema import WeightEMA
-from .imresize import downscale
-from .loss import HybridLoss, photometric_weight_at
+from ..imresize import downscale
+from ..model.loss import HybridLoss, photometric_weight_at
 from .lr_schedule import LRSchedule
-from .model import alignment_parameters, build_model, count_parameters
+from ..model.architecture import alignment_parameters, build_model, count_parameters
 from .observer import Observer
 from .run_dir import StartError, StartRequest, check_writable, decide_start, move_aside
-from .runtime import cpu_threads, plan_batches, plan_device, profile_settings
-from .signals import StopSignals
+from .runtime import cpu_threads, memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
+from ..signals import StopSignals
 from .telemetry import TELEMETRY_KEYS, GpuTelemetry
-from .validate import Validator
+from .validation import Validator
 from .wrapping import BranchActivity, set_activation_checkpointing, to_channels_last
 
-def _memoise_accelerate_package_checks() -> None:
-    """accelerate 1.15 asks importlib whether the optional `lomo_optim` package is installed twice per
-    optimizer step (~0.15 ms each, measured: 0.3 ms of a 10 ms tiny-model step). The answer cannot
-    change inside a running process, so it is asked once."""
-    import accelerate.accelerator
-    import accelerate.optimizer
-
-    cached = functools.cache(accelerate.optimizer.is_lomo_available)
-    accelerate.optimizer.is_lomo_available = cached
-    accelerate.accelerator.is_lomo_available = cached
-
-
-_memoise_accelerate_package_checks()
 
 # What one step reports, summed over micro-batches and all-reduced in one vector: the loss parts, the
 # alignment's figures (zero for `implicit`), then the gradient norm and the branch activity.
@@ -65,12 +52,8 @@ STEP_PARTS = ("l1", "ms", "grad", "total", "sharpness", "photometric", "flow_mag
 STAT_NAMES = (*STEP_PARTS, "grad_norm", "backward_activity", "forward_activity")
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on; the message says why and what to change."""
 
 
-class RankLostError(RuntimeError):
-    """Another rank stopped (killed, crashed, its machine gone) and this one cannot go on alone."""
 
 
 # What gloo and NCCL say when the other end of a collective has gone away.
@@ -166,6 +149,7 @@ def check_data(cfg: Config, world_size: int) -> None:
 class Trainer:
     def __init__(self, cfg: Config, request: StartRequest = StartRequest(), *, interactive: bool | None = None) -> None:
         self.cfg = cfg
+        memoise_accelerate_package_checks()
         world_env = int(os.environ.get("WORLD_SIZE", "1"))
         self.device_plan = plan_device(cfg.train, world_env)
         self.accelerator = Accelerator(mixed_precision=self.device_plan.mixed_precision)
@@ -393,17 +377,27 @@ class Trainer:
     def _rollback(self) -> None:
         """Repeated non-finite steps: back to the newest checkpoint, with a lower LR; the data stream
         keeps going forward so the batches that blew up are not replayed."""
+        guard = self.cfg.guard
+        if self.state.rollbacks >= guard.max_rollbacks:
+            raise TrainingError(f"{guard.max_nonfinite_in_row} non-finite steps in a row after {self.state.rollbacks} "
+                                f"rollbacks (guard.max_rollbacks={guard.max_rollbacks}); the run keeps diverging: "
+                                "lower optim.lr_peak or check the data, then continue with --resume")
         keep = {k: getattr(self.state, k) for k in ("batches_consumed", "nonfinite_total", "rollbacks",
                                                      "skipped_samples", "bad_shards", "train_seconds")}
+        # The checkpoint restores the schedule's state as it was when it was written, rollback count
+        # included: without carrying the count over, a second rollback to the same checkpoint would
+        # land on the same LR and could loop there.
+        schedule_rollbacks = self.schedule.state.rollbacks
         try:
             info = self.checkpoints.load("latest", self._check_compatible)
         except CheckpointError as err:
-            raise TrainingError(f"{self.cfg.guard.max_nonfinite_in_row} non-finite steps in a row and no checkpoint "
+            raise TrainingError(f"{guard.max_nonfinite_in_row} non-finite steps in a row and no checkpoint "
                                 f"to roll back to ({err}); lower optim.lr_peak or check the data") from None
         for key, value in keep.items():
             setattr(self.state, key, value)
         self.state.rollbacks += 1
         self.state.nonfinite_in_row = 0
+        self.schedule.state.rollbacks = schedule_rollbacks
         self.schedule.note_rollback()
         self.observer.warn(f"rolled back to {info.path.name} (step {self.state.step}) after "
                            f"{self.cfg.guard.max_nonfinite_in_row} non-finite steps; LR now "
@@ -645,7 +639,7 @@ class Trainer:
         return dataclasses.replace(decision, moved_to=moved)
 
     def _write_config(self) -> None:
-        from .observer import atomic_write_text
+        from ..files import atomic_write_text
 
         path = self.run_dir / "config.yaml"
         text = dump_config(self.cfg)

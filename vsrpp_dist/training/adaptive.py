@@ -32,7 +32,7 @@ from collections import deque
 
 import numpy as np
 
-from .loss import LossWeights
+from ..model.loss import LossWeights
 
 
 class AdaptiveController:

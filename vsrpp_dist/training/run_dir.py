@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 CHECKPOINTS = "checkpoints"
+from ..errors import StartError
 
 
-class StartError(ValueError):
-    """The run cannot start as asked; the message says which flag to use."""
 
 
 @dataclass(frozen=True)

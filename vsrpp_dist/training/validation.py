@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid
 
-from .data.validation_set import ValidationSet
-from .imresize import downscale, upscale
-from .metrics import psnr, ssim
+from ..data.validation_set import ValidationSet
+from ..imresize import downscale, upscale
+from ..metrics import psnr, ssim
 
 COLUMNS = ("LR_PSNR", "LR_SSIM", "LR_PSNR_RGB", "LR_SSIM_RGB", "KI_PSNR", "KI_SSIM", "KI_PSNR_RGB", "KI_SSIM_RGB")
 

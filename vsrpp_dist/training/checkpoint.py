@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..errors import CheckpointError, CheckpointWriteError
 from .run_dir import CHECKPOINTS
 
 META_NAME = "meta.json"
@@ -41,12 +42,8 @@ KIND_ORDER = ("rolling", "best", "regular", "final", "emergency")  # later = mor
 NAME_RE = re.compile(r"^(rolling|best|regular|final|emergency)-(\d{8,})(?:-(\d+))?$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names it and says how to proceed."""
 
 
-class CheckpointWriteError(CheckpointError):
-    """A checkpoint could not be written; nothing earlier was touched."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ plateau (phase 2): after the first plateau reduction, the cosine value times fac
                    never below lr_floor (and never above the cosine value itself)
 
 Because nothing here is stepped, a resumed run lands on exactly the same curve; an Accelerate-prepared
-scheduler would instead step once per process per optimizer step (PITFALLS.md).
+scheduler would instead step once per process per optimizer step (seen with accelerate 1.15).
 """
 
 from __future__ import annotations

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from .cli import int_at_least
-from .config import load_config
-from .imresize import downscale
-from .loss import HybridLoss, LossWeights
-from .model import build_model, conv_flops_per_clip
-from .runtime import cpu_threads, local_cuda_device, plan_device, profile_settings
-from .wrapping import set_activation_checkpointing, to_channels_last
+from ..cli import int_at_least
+from ..config import load_config
+from ..imresize import downscale
+from ..model.loss import HybridLoss, LossWeights
+from ..model.architecture import build_model, conv_flops_per_clip
+from ..training.runtime import cpu_threads, local_cuda_device, plan_device, profile_settings
+from ..training.wrapping import set_activation_checkpointing, to_channels_last
 
 
 def add_parser(subparsers) -> None:
@@ -103,8 +103,8 @@ def bare_loop(cfg, batch_size: int, precision: str, activation_checkpointing: bo
 
 def trainer_loop(cfg, steps: int, warmup: int) -> dict:
     """The real training loop; returns per-step timing of the steps after warm-up."""
-    from .run_dir import StartRequest
-    from .trainer import Trainer
+    from ..training.run_dir import StartRequest
+    from ..training.trainer import Trainer
 
     trainer = Trainer(cfg, StartRequest(fresh=True), interactive=False)
     stamps: list[float] = []
@@ -156,7 +156,7 @@ def matmul_peak_tflops(device: torch.device, dtype=torch.bfloat16, n: int = 8192
 
 def _demo_shards(folder: Path, lr_patch: int) -> Path:
     from .demo_data import write_frame_folders
-    from .pack import main as pack
+    from ..data.pack_command import main as pack
 
     tile = max(96, 3 * lr_patch)
     write_frame_folders(folder / "frames", sequences=4, frames=20, frame_hw=(tile, tile + 3 * 8), seed=3)

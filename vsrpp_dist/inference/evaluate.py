@@ -1,0 +1,398 @@
+"""PSNR/SSIM of a trained model against bicubic, per sequence and overall, measured as VSR papers do.
+
+    python -m vsrpp_dist.evaluate --checkpoint C --data D [--lr LR_DIR] [--crop-border N]
+                                  [--json OUT.json] [--save DIR] [--batch N] [--tile N] [--device ...]
+
+D is a folder of GT sequences in any layout `pack` understands (REDS, Vid4, Vimeo-90K with its test
+list, any nesting; video files count as sequences too) or a validation set written by `pack --val`
+(a folder with manifest.json). LR frames are made from GT with MATLAB's bicubic x3 (`imresize`,
+rounded to 8 bits after each pass, the "BI" protocol), or read from LR_DIR: the same layout, paired by
+relative path, each frame exactly a third of its GT frame.
+
+GT frames whose height or width is not a multiple of 3 are cropped at the bottom/right (with a note)
+so that GT and the x3 output line up pixel for pixel; with --lr they must be exact multiples.
+
+Every frame is restored from its 5-frame window, mirrored at the ends (as in training validation and
+`upscale`), and the bicubic baseline is MATLAB's `imresize(lr, 3)` of the centre frame. Both are
+clamped and rounded to 8 bits before scoring (papers score saved PNGs): PSNR and SSIM (Wang et al.,
+11x11 Gaussian, sigma 1.5) on the BT.601 Y channel (MATLAB's rgb2ycbcr) and on RGB, averaged per
+sequence and then over sequences (every sequence weighs the same). --crop-border defaults to 0, as
+training validation and BasicSR's BasicVSR configs for REDS4/Vid4; some papers crop the scale
+(--crop-border 3) or more, which changes the numbers by a few tenths of a dB: compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import SCALE
+from ..files import atomic_write_text
+from ..cli import OneLineParser, int_at_least, run_cli
+from ..data import shard_format as fmt
+from ..data.sources import Sequence, scan_source
+from ..data.validation_set import ValidationSet
+from ..imresize import downscale, upscale
+from .common import (
+    BackgroundWriter,
+    ClipUpscaler,
+    InferenceError,
+    PngFolder,
+    add_checkpoint_argument,
+    add_inference_arguments,
+    frame_names,
+    frame_size_of_folder,
+    load_model,
+    note,
+    numbered_frame_name,
+    read_frames_chw,
+    resolve_device,
+    sliding_windows,
+    to_uint8,
+)
+from ..metrics import mean_of_sequence_means
+from ..training.validation import score
+
+PROG = "python -m vsrpp_dist.evaluate"
+METRICS = ("y_psnr", "y_ssim", "rgb_psnr", "rgb_ssim")  # the order validate.score returns them in
+SSIM_WINDOW = 11
+
+
+def build_parser():
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                           epilog="Metrics: Y (BT.601) and RGB PSNR/SSIM of 8-bit outputs, mean of sequence "
+                                  "means; LR by MATLAB bicubic x3 unless --lr. See the module docstring.")
+    add_checkpoint_argument(parser)
+    parser.add_argument("--data", required=True, metavar="D",
+                        help="a folder of GT sequences (frame folders of any layout, videos) or a validation "
+                             "set written by `pack --val` (holds manifest.json)")
+    parser.add_argument("--lr", metavar="LR_DIR",
+                        help="real LR frames, laid out like D and paired by relative path (default: MATLAB "
+                             "bicubic x3 of GT, rounded to 8 bits)")
+    parser.add_argument("--crop-border", type=int_at_least(0), default=0, metavar="N",
+                        help="pixels dropped at every GT border before scoring (default 0, as training "
+                             "validation; papers that crop use the scale, 3)")
+    parser.add_argument("--json", metavar="OUT", help="write the table as JSON: one row per sequence and 'overall'")
+    parser.add_argument("--save", metavar="DIR", help="write the model's frames as PNG, DIR/<sequence>/<frame>.png")
+    add_inference_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file or saved frames")
+    return parser
+
+
+# -- what to evaluate --------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One GT sequence and how to read it."""
+
+    name: str
+    num_frames: int | None  # None: a video whose length shows when decoding ends
+    pairs: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor | None]]]  # (GT, LR or None), uint8 CHW
+    frame_name: Callable[[int], str]  # PNG name of frame i for --save
+    exact_lr: bool  # real LR pairs: GT must be exactly 3x, no cropping
+    gt_hw: tuple[int, int] | None  # known before decoding (frame folders, packed sets), else None
+
+
+def packed_jobs(folder: Path, limit: int, lr_dir: str | None) -> list[Job]:
+    if lr_dir:
+        raise InferenceError(f"--lr {lr_dir}: a packed validation set carries its own LR frames when it was "
+                             "packed with --lr; give --lr only with a folder of GT frames")
+    manifest = fmt.read_manifest(folder)
+    if manifest.get("split") != "val":
+        raise InferenceError(f"{folder}: holds a {manifest.get('split')!r} split; evaluate needs a folder of GT "
+                             "frames or a set packed with `pack --val`")
+    dataset = ValidationSet(folder)
+    if not dataset.sequences:
+        raise InferenceError(f"{folder}: the validation set holds no sequences")
+    for seq in dataset.sequences:
+        if seq.get("cropped"):
+            h, w = seq["original_size"]
+            note(f"{seq['name']}: pack cropped its GT from {w}x{h} to {seq['frame_size'][1]}x{seq['frame_size'][0]} "
+                 "(WxH, bottom/right) so that it divides by 3")
+    # ValidationSet reads the shards front to back, one whole sequence at a time (validation sets are
+    # small); each job takes the next one.
+    sequences = iter(dataset)
+
+    def reader(expected_name: str):
+        def pairs():
+            seq = next(sequences)
+            assert seq.name == expected_name, (seq.name, expected_name)
+            n = min(seq.gt.shape[0], limit or seq.gt.shape[0])
+            for i in range(n):
+                yield seq.gt[i], (seq.lr[i] if seq.lr is not None else None)
+        return pairs
+
+    return [Job(s["name"], min(s["num_frames"], limit or s["num_frames"]), reader(s["name"]), numbered_frame_name,
+                exact_lr=bool(manifest.get("has_lr")), gt_hw=tuple(s["frame_size"])) for s in dataset.sequences]
+
+
+def folder_jobs(data: str, lr_dir: str | None, limit: int) -> list[Job]:
+    source = scan_source(data, split="val")
+    lr_by_key: dict[tuple, Sequence] = {}
+    if lr_dir:
+        lr_by_key = {s.match_key: s for s in scan_source(lr_dir, split="val", vimeo_list="all").sequences}
+    jobs = []
+    for seq in source.sequences:
+        lr_seq = None
+        if lr_dir:
+            lr_seq = lr_by_key.get(seq.match_key)
+            if lr_seq is None:
+                where = "/".join(map(str, seq.match_key)) or "its top folder"
+                raise InferenceError(f"--lr {lr_dir}: no LR sequence for {seq.path} (looked for {where}; LR pairs "
+                                     "with GT by relative path)")
+        gt_hw = frame_size_of_folder(seq) if seq.kind == "frames" else None
+        if lr_seq is not None:
+            check_lr_pair(seq, gt_hw, lr_seq, limit)
+        num_frames = len(seq.frames) if seq.kind == "frames" else None
+        if num_frames is not None and limit:
+            num_frames = min(num_frames, limit)
+        jobs.append(Job(seq.name, num_frames, _pair_reader(seq, lr_seq, limit), frame_names(seq),
+                        exact_lr=lr_seq is not None, gt_hw=gt_hw))
+    return jobs
+
+
+def check_lr_pair(gt: Sequence, gt_hw: tuple[int, int] | None, lr: Sequence, limit: int) -> None:
+    """What can be checked before decoding: frame counts and sizes of frame folders."""
+    if gt.kind == "frames" and lr.kind == "frames":
+        gt_n, lr_n = len(gt.frames), len(lr.frames)
+        if limit:
+            gt_n, lr_n = min(gt_n, limit), min(lr_n, limit)
+        if gt_n != lr_n:
+            raise InferenceError(f"{lr.path}: {lr_n} LR frames for {gt_n} GT frames in {gt.path}")
+        check_lr_size(gt_hw, frame_size_of_folder(lr), lr.frames[0])
+
+
+def check_lr_size(gt_hw: tuple[int, int], lr_hw: tuple[int, int], where: str) -> None:
+    if (lr_hw[0] * SCALE, lr_hw[1] * SCALE) != tuple(gt_hw):
+        raise InferenceError(f"{where}: LR frame is {lr_hw[1]}x{lr_hw[0]} (WxH) but its GT is {gt_hw[1]}x{gt_hw[0]}; "
+                             f"LR must be exactly GT/{SCALE}")
+
+
+def _pair_reader(gt: Sequence, lr: Sequence | None, limit: int):
+    def pairs():
+        gt_frames = read_frames_chw(gt, limit)
+        if lr is None:
+            for frame in gt_frames:
+                yield frame, None
+            return
+        lr_frames = read_frames_chw(lr, limit)
+        checked = False
+        while True:
+            gt_frame, lr_frame = next(gt_frames, None), next(lr_frames, None)
+            if gt_frame is None and lr_frame is None:
+                return
+            if gt_frame is None or lr_frame is None:
+                raise InferenceError(f"{lr.path}: LR and GT ({gt.path}) have different numbers of frames")
+            if not checked:  # videos: their sizes show only now
+                check_lr_size(tuple(gt_frame.shape[-2:]), tuple(lr_frame.shape[-2:]), lr.path)
+                checked = True
+            yield gt_frame, lr_frame
+    return pairs
+
+
+# -- scoring -----------------------------------------------------------------------------------------
+
+
+def gt_crop(job: Job, crop_border: int, announce: bool = True) -> tuple[int, int]:
+    """The GT size that is scored: cropped at the bottom/right to a multiple of 3 (with a note),
+    refused where real LR frames are given or where --crop-border leaves too little for SSIM."""
+    h, w = job.gt_hw
+    crop = (h - h % SCALE, w - w % SCALE)
+    if crop != (h, w):
+        if job.exact_lr:
+            raise InferenceError(f"{job.name}: GT frames are {w}x{h} (WxH), not divisible by {SCALE}; "
+                                 f"with real LR frames GT must be exactly {SCALE}x their size")
+        if announce:
+            note(f"{job.name}: GT frames are {w}x{h} (WxH); cropped to {crop[1]}x{crop[0]} at the "
+                 f"bottom/right so the x{SCALE} LR lines up")
+    usable = min(crop) - 2 * crop_border
+    if usable < SSIM_WINDOW:
+        raise InferenceError(f"{job.name}: --crop-border {crop_border} leaves {max(usable, 0)} px of a "
+                             f"{crop[1]}x{crop[0]} frame; SSIM needs {SSIM_WINDOW}")
+    return crop
+
+
+class SequenceScorer:
+    """Scores one sequence frame by frame: model and bicubic against GT."""
+
+    def __init__(self, upscaler: ClipUpscaler, device: torch.device, crop_border: int, batch: int) -> None:
+        self.upscaler = upscaler
+        self.device = device
+        self.crop_border = crop_border
+        self.batch = batch
+
+    def frames(self, job: Job) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(GT cropped to a multiple of 3, LR) per frame, both uint8 CHW on the CPU."""
+        # sizes known up front were checked (and announced) by main before the model was loaded
+        crop = gt_crop(job, self.crop_border, announce=False) if job.gt_hw is not None else None
+        for gt, lr in job.pairs():
+            if crop is None:  # a video: its size shows now
+                job.gt_hw = tuple(gt.shape[-2:])
+                crop = gt_crop(job, self.crop_border)
+            gt = gt[:, :crop[0], :crop[1]]
+            if lr is None:
+                # BI degradation, each frame once (it then sits in up to five windows)
+                lr_float = downscale(gt.to(self.device).float().div_(255), SCALE, quantize=True)
+                lr = to_uint8(lr_float)  # exact: quantize put it on the 1/255 grid
+            yield gt, lr
+
+    def run(self, job: Job, saver: BackgroundWriter | None, progress) -> list[list[float]]:
+        """Per frame: the 4 bicubic metrics, then the 4 model metrics."""
+        rows = []
+        for batch in sliding_windows(self.frames(job), self.batch):
+            lr_btchw = torch.stack([torch.stack([lr for _, lr in window]) for _, window in batch])
+            gt_bchw = torch.stack([window[2][0] for _, window in batch]).to(self.device).float().div_(255)
+            sr_bchw = self.upscaler(lr_btchw)
+            bicubic_bchw = upscale(lr_btchw[:, 2].to(self.device).float().div_(255), SCALE)
+            # score() clamps and rounds both to 8 bits first: what saved PNGs would score
+            bicubic_scores = score(bicubic_bchw, gt_bchw, self.crop_border)
+            model_scores = score(sr_bchw, gt_bchw, self.crop_border)
+            rows += torch.stack(bicubic_scores + model_scores, dim=1).tolist()
+            if saver is not None:
+                for (index, _), frame in zip(batch, to_uint8(sr_bchw).permute(0, 2, 3, 1).numpy()):
+                    saver.submit(index, frame.copy())
+            progress.update(len(batch))
+        if not rows:
+            raise InferenceError(f"{job.name}: no frames could be read")
+        return rows
+
+
+# -- the report --------------------------------------------------------------------------------------
+
+
+def summarise(per_sequence: dict[str, list[list[float]]]) -> list[dict]:
+    """One row per sequence (frame means) and 'overall' (mean of sequence means), flat keys."""
+    keys = [f"{m}_bicubic" for m in METRICS] + [f"{m}_model" for m in METRICS]
+    rows = []
+    for name, frame_rows in per_sequence.items():
+        row = {"sequence": name, "frames": len(frame_rows)}
+        row.update({k: sum(f[i] for f in frame_rows) / len(frame_rows) for i, k in enumerate(keys)})
+        rows.append(row)
+    overall = {"sequence": "overall", "frames": sum(r["frames"] for r in rows)}
+    for i, k in enumerate(keys):
+        overall[k] = mean_of_sequence_means({name: [f[i] for f in frame_rows]
+                                             for name, frame_rows in per_sequence.items()})
+    return rows + [overall]
+
+
+def format_table(rows: list[dict]) -> str:
+    width = max(12, *(len(r["sequence"]) for r in rows))
+    head1 = (f"{'':{width}} {'':>6}   {'Y-PSNR (dB)':^23}   {'Y-SSIM':^15}   {'RGB-PSNR (dB)':^23}   "
+             f"{'RGB-SSIM':^15}")
+    head2 = (f"{'sequence':{width}} {'frames':>6}   {'bicubic':>7} {'model':>7} {'gain':>7}   {'bicubic':>7} "
+             f"{'model':>7}   {'bicubic':>7} {'model':>7} {'gain':>7}   {'bicubic':>7} {'model':>7}")
+    lines = [head1, head2, "-" * len(head2)]
+    for r in rows:
+        if r["sequence"] == "overall":
+            lines.append("-" * len(head2))
+        lines.append(
+            f"{r['sequence']:{width}} {r['frames']:>6}   {r['y_psnr_bicubic']:7.3f} {r['y_psnr_model']:7.3f} "
+            f"{r['y_psnr_model'] - r['y_psnr_bicubic']:+7.3f}   {r['y_ssim_bicubic']:7.4f} {r['y_ssim_model']:7.4f}   "
+            f"{r['rgb_psnr_bicubic']:7.3f} {r['rgb_psnr_model']:7.3f} "
+            f"{r['rgb_psnr_model'] - r['rgb_psnr_bicubic']:+7.3f}"
+            f"   {r['rgb_ssim_bicubic']:7.4f} {r['rgb_ssim_model']:7.4f}")
+    lines.append("overall = mean of sequence means")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(report, indent=1) + "\n")
+
+
+def check_outputs(args, jobs: list[Job]) -> None:
+    """Refuse, before any work, what would overwrite the user's files."""
+    if args.json:
+        path = Path(args.json)
+        if path.is_dir():
+            raise InferenceError(f"--json {path}: is a folder; give a file name")
+        if path.exists() and not args.overwrite:
+            raise InferenceError(f"--json {path}: exists; choose another name or pass --overwrite")
+    if args.save:
+        root = Path(args.save)
+        if root.exists() and not root.is_dir():
+            raise InferenceError(f"--save {root}: exists and is not a folder")
+        for job in jobs:
+            folder = root / job.name
+            if folder.is_dir() and not args.overwrite and any(p.suffix.lower() == ".png" for p in folder.iterdir()):
+                raise InferenceError(f"--save {root}: {folder} already holds PNG frames; choose another folder "
+                                     "or pass --overwrite")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    data = Path(args.data)
+    if not data.exists():
+        raise InferenceError(f"--data {data}: no such file or folder")
+    if data.is_dir() and (data / fmt.MANIFEST_NAME).is_file():
+        jobs = packed_jobs(data, args.limit, args.lr)
+    else:
+        jobs = folder_jobs(args.data, args.lr, args.limit)
+    check_outputs(args, jobs)
+    for job in jobs:
+        if job.gt_hw is not None:  # the rest (videos) are checked when their first frame arrives
+            gt_crop(job, args.crop_border)
+    loaded = load_model(args.checkpoint, device)
+    print(loaded.describe(), file=sys.stderr)
+    lr_origin = args.lr or "MATLAB bicubic x3 of GT, 8-bit"
+    print(f"{len(jobs)} sequence{'s' if len(jobs) != 1 else ''} from {data}; LR: {lr_origin}; "
+          f"crop border {args.crop_border}", file=sys.stderr)
+    scorer = SequenceScorer(ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp), device,
+                            args.crop_border, args.batch)
+
+    from tqdm import tqdm
+
+    total = None if any(j.num_frames is None for j in jobs) else sum(j.num_frames for j in jobs)
+    started = time.perf_counter()
+    per_sequence: dict[str, list[list[float]]] = {}
+    with tqdm(total=total, unit="frame", disable=args.quiet, file=sys.stderr) as progress:
+        for job in jobs:
+            progress.set_description(job.name)
+            saver = None
+            if args.save:
+                saver = BackgroundWriter(PngFolder(Path(args.save) / job.name, job.frame_name),
+                                         threads=min(4, os.cpu_count() or 1), max_pending=8)
+            try:
+                per_sequence[job.name] = scorer.run(job, saver, progress)
+            except BaseException:
+                if saver is not None:
+                    saver.abort()
+                raise
+            if saver is not None:
+                saver.close()
+    seconds = time.perf_counter() - started
+
+    rows = summarise(per_sequence)
+    print(format_table(rows))
+    if args.json:
+        report = {
+            "checkpoint": loaded.source, "weights_step": loaded.step, "ema": loaded.ema,
+            "model_config": {k: getattr(loaded.model_cfg, k) for k in loaded.model_cfg.__dataclass_fields__},
+            "data": str(data), "lr": lr_origin, "scale": SCALE, "crop_border": args.crop_border,
+            "limit_frames": args.limit or None, "tile": args.tile, "amp": args.amp, "device": str(device),
+            "protocol": "8-bit outputs; Y = BT.601 (MATLAB rgb2ycbcr); SSIM 11x11 Gaussian sigma 1.5; "
+                        "per-sequence frame means, overall = mean of sequence means",
+            "seconds": round(seconds, 2),
+            "rows": rows,
+        }
+        write_json(Path(args.json), report)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def cli(argv=None) -> int:
+    """The command: user errors are one line and exit code 2."""
+    return run_cli(main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

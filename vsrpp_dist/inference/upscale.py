@@ -1,0 +1,255 @@
+"""Upscale a video file or a frame folder x3 with a trained model.
+
+    python -m vsrpp_dist.upscale --checkpoint C --input IN --output OUT [--batch N] [--tile N]
+                                 [--device auto|cpu|cuda[:N]] [--amp] [--crf Q] [--fps R] [--limit N]
+
+IN is one video file (.mp4 .mkv .avi .mov .webm) or one folder of frames (any image format, natural
+order). OUT is a video file when it ends in a video suffix, else a folder of PNG frames. Every frame is
+restored from its 5-frame window (mirrored at the ends, as in validation), clamped and rounded to
+8 bits. Frames stream through: decoding, the model and encoding each hold a few frames at a time.
+
+Video output: H.264 (libx264; VP9 for .webm) at constant quality `--crf` (default 16: close to
+visually lossless, files much larger than a typical web video), preset "medium", 4:2:0 chroma (plays
+everywhere) when the x3 frame size is even, 4:4:4 when it is odd (4:2:0 needs even sizes). The frame
+rate is the source video's (its average rate; a variable-rate source becomes constant-rate), or
+`--fps` (default 25 for frame folders). Audio is not copied: mux it back with e.g. ffmpeg.
+The file is written under a temporary name and renamed when complete, so a stopped run leaves no
+half-written video under OUT's name. PNG frames are named after the input frames (frame folders) or
+numbered 00000000.png, ... (videos).
+
+Nothing is overwritten without --overwrite: an existing video file or PNG frames in the output folder
+stop the run before any work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..cli import OneLineParser, run_cli
+from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, scan_source
+from .common import (
+    BackgroundWriter,
+    ClipUpscaler,
+    InferenceError,
+    PngFolder,
+    add_checkpoint_argument,
+    add_inference_arguments,
+    frame_names,
+    frame_size_of_folder,
+    load_model,
+    read_frames_chw,
+    resolve_device,
+    sliding_windows,
+    to_uint8,
+)
+
+PROG = "python -m vsrpp_dist.upscale"
+# suffix -> (container format, codec)
+VIDEO_FORMATS = {".mp4": ("mp4", "libx264"), ".mkv": ("matroska", "libx264"), ".mov": ("mov", "libx264"),
+                 ".avi": ("avi", "libx264"), ".webm": ("webm", "libvpx-vp9")}
+DEFAULT_CRF = 16
+DEFAULT_FPS = Fraction(25)
+
+
+def parse_fps(text: str) -> Fraction:
+    try:
+        fps = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a frame rate (examples: 25, 29.97, 30000/1001)") from None
+    if fps <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the frame rate must be positive")
+    return fps.limit_denominator(1_000_000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                           epilog="Video output: libx264 (VP9 for .webm) at --crf, 4:2:0 chroma when the "
+                                  "x3 size is even, else 4:4:4; no audio. See the module docstring for more.")
+    add_checkpoint_argument(parser)
+    parser.add_argument("--input", required=True, metavar="IN",
+                        help=f"a video file ({' '.join(VIDEO_SUFFIXES)}) or a folder of frames")
+    parser.add_argument("--output", required=True, metavar="OUT",
+                        help=f"a video file ({' '.join(VIDEO_FORMATS)}) or a folder for PNG frames")
+    parser.add_argument("--crf", type=int, default=DEFAULT_CRF, metavar="Q",
+                        help=f"video quality, lower is better and larger (default {DEFAULT_CRF}; 0 is lossless "
+                             "with libx264)")
+    parser.add_argument("--fps", type=parse_fps, default=None, metavar="R",
+                        help="frame rate of a video output (default: the source video's; 25 for frame folders)")
+    add_inference_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output video or PNG frames of the same names")
+    return parser
+
+
+# -- input -------------------------------------------------------------------------------------------
+
+
+def open_input(path: str) -> Sequence:
+    """The one sequence in IN; its frames are checked for one size up front where that is cheap."""
+    source = scan_source(path)
+    if len(source.sequences) > 1:
+        names = ", ".join(s.name for s in source.sequences[:3])
+        raise InferenceError(f"{path}: holds {len(source.sequences)} sequences ({names}, ...); upscale takes one "
+                             "video file or one folder of frames at a time")
+    seq = source.sequences[0]
+    if seq.kind == "frames":
+        frame_size_of_folder(seq)
+    return seq
+
+
+def source_frame_rate(seq: Sequence) -> Fraction | None:
+    if seq.kind != "video":
+        return None
+    import av
+
+    try:
+        with av.open(seq.path) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+    except Exception:  # undecodable files fail with a clear message when decoding starts
+        return None
+    return Fraction(rate) if rate else None
+
+
+# -- output ------------------------------------------------------------------------------------------
+
+
+class VideoFile:
+    """Encodes frames in order into OUT's temporary twin; `close` renames it to OUT."""
+
+    def __init__(self, path: Path, fps: Fraction, crf: int) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+        self.fps = fps
+        self.crf = crf
+        self.container = None
+        self.stream = None
+
+    def _open(self, height: int, width: int) -> None:
+        import av
+
+        fmt, codec = VIDEO_FORMATS[self.path.suffix.lower()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(self.tmp), mode="w", format=fmt)
+        stream = self.container.add_stream(codec, rate=self.fps)
+        stream.height, stream.width = height, width
+        even = height % 2 == 0 and width % 2 == 0
+        stream.pix_fmt = "yuv420p" if even else "yuv444p"
+        options = {"crf": str(self.crf)}
+        options.update({"preset": "medium"} if codec == "libx264" else {"b": "0"})  # VP9: constant quality
+        stream.options = options
+        self.stream = stream
+        if not even:
+            print(f"note: {width}x{height} is odd-sized; encoding with 4:4:4 chroma (4:2:0 needs even sizes; "
+                  "some players do not play 4:4:4 H.264)", file=sys.stderr)
+
+    def write(self, index: int, frame_hwc: np.ndarray) -> None:
+        import av
+
+        if self.container is None:
+            self._open(*frame_hwc.shape[:2])
+        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame_hwc, format="rgb24")))
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        self.container.mux(self.stream.encode())  # flush the encoder's delayed frames
+        self.container.close()
+        self.container = None
+        os.replace(self.tmp, self.path)  # the commit point: OUT is complete or absent
+
+    def abort(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception:  # the file is ours and about to be removed; its state does not matter
+                pass
+            self.container = None
+        self.tmp.unlink(missing_ok=True)
+
+
+def plan_output(path: str, overwrite: bool) -> str:
+    """'video' or 'frames' for OUT, refusing what would overwrite the user's files."""
+    out = Path(path)
+    suffix = out.suffix.lower()
+    if suffix in VIDEO_FORMATS:
+        if out.is_dir():
+            raise InferenceError(f"{out}: is a folder; a video output needs a file name")
+        if out.exists() and not overwrite:
+            raise InferenceError(f"{out}: exists; choose another --output or pass --overwrite")
+        return "video"
+    if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
+        raise InferenceError(f"{out}: give a folder for PNG frames or a video file ({', '.join(VIDEO_FORMATS)})")
+    if out.exists() and not out.is_dir():
+        raise InferenceError(f"{out}: exists and is not a folder")
+    if out.is_dir() and not overwrite and any(p.suffix.lower() == ".png" for p in out.iterdir()):
+        raise InferenceError(f"{out}: already holds PNG frames; choose another --output or pass --overwrite")
+    return "frames"
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    device = resolve_device(args.device)
+    seq = open_input(args.input)
+    kind = plan_output(args.output, args.overwrite)
+    loaded = load_model(args.checkpoint, device)
+    print(loaded.describe(), file=sys.stderr)
+    upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp)
+
+    out = Path(args.output)
+    if kind == "video":
+        fps = args.fps or source_frame_rate(seq) or DEFAULT_FPS
+        sink = BackgroundWriter(VideoFile(out, fps, args.crf), threads=1, max_pending=4)
+    else:
+        sink = BackgroundWriter(PngFolder(out, frame_names(seq)), threads=min(4, os.cpu_count() or 1),
+                                max_pending=8)
+    total = count_frames(seq)
+    if args.limit and total is not None:
+        total = min(total, args.limit)
+
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    written, lr_hw = 0, (0, 0)
+    try:
+        with tqdm(total=total, unit="frame", desc=Path(seq.path).name, disable=args.quiet, file=sys.stderr) as bar:
+            for batch in sliding_windows(read_frames_chw(seq, args.limit), args.batch):
+                lr_btchw = torch.stack([torch.stack(window) for _, window in batch])
+                lr_hw = tuple(lr_btchw.shape[-2:])
+                sr_bhwc = to_uint8(upscaler(lr_btchw)).permute(0, 2, 3, 1).numpy()
+                for (index, _), frame_hwc in zip(batch, sr_bhwc):
+                    sink.submit(index, np.ascontiguousarray(frame_hwc))
+                written += len(batch)
+                bar.update(len(batch))
+        sink.close()
+    except BaseException:
+        sink.abort()
+        raise
+    if written == 0:
+        raise InferenceError(f"{seq.path}: no frames could be decoded")
+    seconds = time.perf_counter() - started
+    h, w = lr_hw
+    s = loaded.model_cfg.scale
+    print(f"upscaled {written} frames {w}x{h} -> {s * w}x{s * h} in {seconds:.1f} s ({written / seconds:.3f} frames/s; "
+          f"{device}, batch {args.batch}, tile {args.tile or 'off'}{', amp' if args.amp else ''}) -> {out}")
+    return 0
+
+
+def cli(argv=None) -> int:
+    """The command: user errors are one line and exit code 2."""
+    return run_cli(main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
