@@ -36,8 +36,8 @@ def train_shards(demo_frames, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def val_shards(tmp_path_factory) -> Path:
-    from vsrpp_dist.tools.demo_data import write_frame_folders
     from vsrpp_dist.data.pack_command import main as pack
+    from vsrpp_dist.tools.demo_data import write_frame_folders
 
     frames = tmp_path_factory.mktemp("val_frames")
     write_frame_folders(frames, sequences=2, frames=6, frame_hw=(48, 48), seed=7, photos=("coffee", "chelsea"))

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from vsrpp_dist.training.adaptive import AdaptiveController
 from vsrpp_dist.config import load_config
+from vsrpp_dist.training.adaptive import AdaptiveController
 
 
 def controller(*overrides):

@@ -13,13 +13,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vsrpp_dist.model.alignment import (FlowGuidedDeformAlign, FlowNet, compose_flows, deform_conv2d,
-                                  deform_conv2d_by_sampling, flow_warp, neighbour_pairs, photometric_loss)
-from vsrpp_dist.training.checkpoint import CheckpointError
 from vsrpp_dist.config import ConfigError, ModelConfig, load_config
-from vsrpp_dist.inference.common import ClipUpscaler, LoadedModel, load_model, receptive_radius, tile_multiple, tile_spans
-from vsrpp_dist.model.loss import photometric_weight_at
+from vsrpp_dist.inference.common import (
+    ClipUpscaler,
+    LoadedModel,
+    load_model,
+    receptive_radius,
+    tile_multiple,
+    tile_spans,
+)
+from vsrpp_dist.model.alignment import (
+    FlowGuidedDeformAlign,
+    FlowNet,
+    compose_flows,
+    deform_conv2d,
+    deform_conv2d_by_sampling,
+    flow_warp,
+    neighbour_pairs,
+    photometric_loss,
+)
 from vsrpp_dist.model.architecture import alignment_parameters, build_model, conv_flops_per_clip, count_parameters
+from vsrpp_dist.model.loss import photometric_weight_at
+from vsrpp_dist.training.checkpoint import CheckpointError
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trainer import Trainer
 from vsrpp_dist.training.wrapping import set_activation_checkpointing
@@ -228,8 +243,8 @@ def test_bf16_autocast_and_activation_checkpointing_keep_working():
 
 
 def test_auto_tune_trials_an_aligned_model():
-    from vsrpp_dist.training.autotune import Candidate, CudaStepProbe
     from vsrpp_dist.model.loss import LossWeights
+    from vsrpp_dist.training.autotune import Candidate, CudaStepProbe
 
     probe = CudaStepProbe(small_model_cfg("flow_deform"), LossWeights(1.0, 0.5, 0.1), 8, "bf16", "cpu", trial_steps=1)
     for candidate in (Candidate(2, True, False), Candidate(2, False, True)):

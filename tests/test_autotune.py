@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from vsrpp_dist.config import ModelConfig, load_config
+from vsrpp_dist.model.loss import LossWeights
 from vsrpp_dist.training import autotune as at
 from vsrpp_dist.training.autotune import (
     AutotuneError,
@@ -26,8 +28,6 @@ from vsrpp_dist.training.autotune import (
     select,
     validity_key,
 )
-from vsrpp_dist.config import ModelConfig, load_config
-from vsrpp_dist.model.loss import LossWeights
 from vsrpp_dist.training.runtime import DevicePlan, plan_batches
 
 GB = 2**30

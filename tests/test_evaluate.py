@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from vsrpp_dist.inference import evaluate, upscale
-from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
 from vsrpp_dist.config import ValidationConfig
 from vsrpp_dist.imresize import downscale
 from vsrpp_dist.imresize import upscale as bicubic_x3
+from vsrpp_dist.inference import evaluate, upscale
 from vsrpp_dist.metrics import psnr
+from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
 
 from .conftest import ROOT
 from .test_upscale import read_pngs, run, save_weights
@@ -126,8 +126,8 @@ def test_real_lr_pairs_give_the_same_numbers_as_bi(weights, gt_root, tmp_path, c
 
 
 def test_packed_set_matches_frame_folders_and_training_validation(weights, gt_root, tmp_path, capsys):
-    from vsrpp_dist.inference.common import load_model
     from vsrpp_dist.data.pack_command import main as pack
+    from vsrpp_dist.inference.common import load_model
     from vsrpp_dist.training.validation import Validator
 
     assert pack(["--val", str(gt_root), str(tmp_path / "val")]) == 0

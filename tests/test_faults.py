@@ -18,7 +18,6 @@ a completely full disk, late config checks, argparse's usage block); the package
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -32,9 +31,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, load_exported_weights, read_info
 from vsrpp_dist.data import shard_format as fmt
 from vsrpp_dist.data.stream import EpochPlan
+from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, load_exported_weights, read_info
 
 from .conftest import ROOT, TINY
 from .test_e2e_launcher import free_port, launch_command, launcher_env

@@ -24,8 +24,8 @@ SIX_GB_CAP = 0.8 * 6 * 2**30
 @pytest.fixture(scope="module")
 def gpu_shards(tmp_path_factory):
     """Real-photo shards with tiles large enough for the default 64 px LR patch (192 px GT)."""
-    from vsrpp_dist.tools.demo_data import write_frame_folders
     from vsrpp_dist.data.pack_command import main as pack
+    from vsrpp_dist.tools.demo_data import write_frame_folders
 
     root = tmp_path_factory.mktemp("gpu")
     write_frame_folders(root / "frames", sequences=4, frames=20, frame_hw=(216, 288), seed=5)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vsrpp_dist.data import pack_command
+from vsrpp_dist.data import pack_command as pack
 from vsrpp_dist.data.packer import RunSplitter, plan_segments
 from vsrpp_dist.data.shard_format import (
     FORMAT_NAME,

@@ -12,8 +12,15 @@ import torch
 
 from vsrpp_dist.config import load_config
 from vsrpp_dist.data import shard_format as fmt
-from vsrpp_dist.data.stream import (ClipStream, DataStreamError, EpochPlan, ShardReader, build_train_loader,
-                                    byte_bounded_shuffle)
+from vsrpp_dist.data.stream import (
+    ClipStream,
+    DataStreamError,
+    EpochPlan,
+    ShardReader,
+    build_train_loader,
+    byte_bounded_shuffle,
+)
+from vsrpp_dist.errors import ShardFormatError
 
 from .conftest import TINY
 

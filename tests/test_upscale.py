@@ -15,10 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vsrpp_dist.inference import upscale
-from vsrpp_dist.training.checkpoint import WEIGHTS_FORMAT, WEIGHTS_NAME, point_symlink
-from vsrpp_dist.cli import run_cli
 from vsrpp_dist.config import ModelConfig, config_to_dict
+from vsrpp_dist.inference import upscale
 from vsrpp_dist.inference.common import (
     ClipUpscaler,
     load_model,
@@ -28,6 +26,7 @@ from vsrpp_dist.inference.common import (
     to_uint8,
 )
 from vsrpp_dist.model.architecture import build_model
+from vsrpp_dist.training.checkpoint import WEIGHTS_FORMAT, WEIGHTS_NAME, point_symlink
 from vsrpp_dist.training.validation import window_indices
 
 from .conftest import ROOT

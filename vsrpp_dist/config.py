@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from .errors import ConfigError
-
-
 
 
 def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,

@@ -18,11 +18,13 @@ def atomic_write_text(path: str | Path, text: str, *, durable: bool = False, tem
     path = Path(path)
     tmp = temporary or path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            if durable:
+        if durable:
+            with open(tmp, "w", encoding="utf-8") as handle:
+                handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
+        else:
+            tmp.write_text(text, encoding="utf-8")
         if not overwrite and path.exists():
             raise FileExistsError(f"{path} appeared meanwhile; not overwriting it")
         os.replace(tmp, path)

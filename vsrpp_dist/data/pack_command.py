@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import PackError
 from ..cli import OneLineParser, int_at_least
+from ..errors import PackError
 from .packer import (
     MIN_FRAMES,
     PackOptions,

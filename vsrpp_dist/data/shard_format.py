@@ -32,7 +32,6 @@ DEFAULT_CODEC = "webp"  # lossless; chosen by measurement (BENCHMARKS.md, `bench
 from ..config import SCALE
 from ..errors import ShardFormatError
 
-
 # torchvision 0.29 flags its image codecs as deprecated in favour of torchcodec, on every call. They
 # remain the fastest decoder here (WebP tile: 0.56 ms vs PIL's 0.73 ms, BENCHMARKS.md); when they are
 # removed, decode_frame is the one place to switch.

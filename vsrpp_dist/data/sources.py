@@ -27,10 +27,6 @@ VIMEO_LISTS = {"train": "sep_trainlist.txt", "val": "sep_testlist.txt"}
 from ..errors import SequenceError, SourceError
 
 
-
-
-
-
 @dataclass(frozen=True)
 class Sequence:
     """One sequence found in a source."""

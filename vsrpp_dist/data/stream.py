@@ -21,7 +21,6 @@ data. Changing world size or worker count between runs changes the split (the ru
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import tarfile

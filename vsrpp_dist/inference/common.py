@@ -17,7 +17,6 @@ bottom/right shifted inwards, so they batch and cuDNN autotunes one shape.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from collections import deque
@@ -31,13 +30,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InferenceError
-from ..model.alignment import FLOW_KERNEL
-from ..training.checkpoint import CheckpointError, load_exported_weights
 from ..cli import int_at_least
 from ..config import LEGACY_MODEL_VALUES, ConfigError, ModelConfig, load_config
-from ..data.sources import Sequence, SequenceError, SourceError, read_frames
+from ..data.sources import Sequence, SequenceError, read_frames
+from ..errors import InferenceError
+from ..model.alignment import FLOW_KERNEL
 from ..model.architecture import build_model
+from ..training.checkpoint import CheckpointError, load_exported_weights
 from ..training.validation import window_indices
 from ..training.wrapping import to_channels_last
 

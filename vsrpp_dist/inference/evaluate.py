@@ -33,13 +33,15 @@ from pathlib import Path
 
 import torch
 
-from ..config import SCALE
-from ..files import atomic_write_text
 from ..cli import OneLineParser, int_at_least, run_cli
+from ..config import SCALE
 from ..data import shard_format as fmt
 from ..data.sources import Sequence, scan_source
 from ..data.validation_set import ValidationSet
+from ..files import atomic_write_text
 from ..imresize import downscale, upscale
+from ..metrics import mean_of_sequence_means
+from ..training.validation import score
 from .common import (
     BackgroundWriter,
     ClipUpscaler,
@@ -57,8 +59,6 @@ from .common import (
     sliding_windows,
     to_uint8,
 )
-from ..metrics import mean_of_sequence_means
-from ..training.validation import score
 
 PROG = "python -m vsrpp_dist.evaluate"
 METRICS = ("y_psnr", "y_ssim", "rgb_psnr", "rgb_ssim")  # the order validate.score returns them in

@@ -22,8 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .alignment import ALIGNMENTS, FlowGuidedDeformAlign, FlowNet, compose_flows, flow_warp, neighbour_pairs, \
-    photometric_loss
+from .alignment import (
+    ALIGNMENTS,
+    FlowGuidedDeformAlign,
+    FlowNet,
+    compose_flows,
+    flow_warp,
+    neighbour_pairs,
+    photometric_loss,
+)
 
 
 class ResidualBlock(nn.Module):

@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..cli import OneLineParser, int_at_least, run_cli
+from ..config import SCALE
 from ..errors import BenchError
 from . import bench_quality, bench_step
-from ..cli import OneLineParser, int_at_least, run_cli
 
 PROG = "python -m vsrpp_dist.bench"
 CLIP_FRAMES = 5
-SCALE = 3
 
 # the loader's targets (BENCHMARKS.md)
 TARGET_CLIPS_PER_CORE = 150.0
@@ -240,8 +240,8 @@ def pack_timed(frames: str, out: Path, codec: str, workers: int, min_tile: int |
                frames_per_sample: int | None) -> dict[str, Any]:
     """Run `pack.main` in this process and time it (scan, decode, tile, encode, write, checksum;
     not the interpreter start). Its summary line is swallowed to keep the report compact."""
-    from ..data.shard_format import read_manifest
     from ..data.pack_command import main as pack_main
+    from ..data.shard_format import read_manifest
 
     _clear_pack_output(out)
     argv = [frames, str(out), "--codec", codec, "--workers", str(workers), "--quiet"]

@@ -37,8 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import BenchError
 from ..cli import int_at_least
+from ..errors import BenchError
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/ lives there)
 ALL_VARIANTS = ("implicit", "flow", "flow_deform")
@@ -74,8 +74,8 @@ def prepare_data(work: Path, frames: str | None, stride: int, speed: float, lr_p
                  say) -> tuple[Path, list[Path]]:
     """Training shards and held-out frame folders, made once (a marker file says they are complete).
     Rendered frames and shard tiles are large enough for the config's patch (3 x lr_patch GT pixels)."""
-    from .demo_data import write_frame_folders
     from ..data.pack_command import main as pack
+    from .demo_data import write_frame_folders
 
     shards, held_out_root = work / "shards" / "train", work / "held_out"
     marker = work / "data-complete.json"

@@ -28,8 +28,8 @@ import torch
 from ..cli import int_at_least
 from ..config import load_config
 from ..imresize import downscale
-from ..model.loss import HybridLoss, LossWeights
 from ..model.architecture import build_model, conv_flops_per_clip
+from ..model.loss import HybridLoss, LossWeights
 from ..training.runtime import cpu_threads, local_cuda_device, plan_device, profile_settings
 from ..training.wrapping import set_activation_checkpointing, to_channels_last
 
@@ -155,8 +155,8 @@ def matmul_peak_tflops(device: torch.device, dtype=torch.bfloat16, n: int = 8192
 
 
 def _demo_shards(folder: Path, lr_patch: int) -> Path:
-    from .demo_data import write_frame_folders
     from ..data.pack_command import main as pack
+    from .demo_data import write_frame_folders
 
     tile = max(96, 3 * lr_patch)
     write_frame_folders(folder / "frames", sequences=4, frames=20, frame_hw=(tile, tile + 3 * 8), seed=3)

@@ -26,9 +26,9 @@ VAL_SEQUENCES, VAL_FRAMES, VAL_HW = 2, 10, (120, 180)
 
 def prepare_data(data_dir: Path, say=print) -> tuple[Path, Path]:
     """Render and pack the demo footage once; later runs reuse the shards."""
+    from ..data.pack_command import main as pack
     from ..data.shard_format import MANIFEST_NAME
     from .demo_data import write_frame_folders
-    from ..data.pack_command import main as pack
 
     train, val = data_dir / "shards" / "train", data_dir / "shards" / "val"
     if (train / MANIFEST_NAME).is_file() and (val / MANIFEST_NAME).is_file():

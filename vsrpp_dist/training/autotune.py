@@ -26,7 +26,6 @@ import dataclasses
 import gc
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,11 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
-from ..files import atomic_write_text
 from ..errors import AutotuneError
+from ..files import atomic_write_text
 from ..imresize import downscale
-from ..model.loss import HybridLoss, LossWeights
 from ..model.architecture import build_model
+from ..model.loss import HybridLoss, LossWeights
 from .runtime import BatchPlan, DevicePlan, plan_batches
 from .wrapping import set_activation_checkpointing, to_channels_last
 

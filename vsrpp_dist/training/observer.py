@@ -7,7 +7,6 @@ rank), so call sites never branch on rank, and no collective ever sits behind an
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time

@@ -17,8 +17,6 @@ CHECKPOINTS = "checkpoints"
 from ..errors import StartError
 
 
-
-
 @dataclass(frozen=True)
 class StartRequest:
     resume: str | None = None  # "latest" or a checkpoint path

@@ -4,7 +4,6 @@ and the gradient-accumulation arithmetic that keeps the global batch as configur
 from __future__ import annotations
 
 import functools
-
 import os
 from dataclasses import dataclass
 

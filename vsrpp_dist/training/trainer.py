@@ -23,28 +23,27 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from ..errors import RankLostError, TrainingError
 from .. import __version__
-from .adaptive import AdaptiveController
-from .autotune import Ranks, autotune
-from .checkpoint import WEIGHTS_FORMAT, CheckpointError, CheckpointManager, CheckpointWriteError, list_complete
 from ..config import Config, ConfigError, architecture_of, config_to_dict, dump_config
 from ..data.shard_format import ShardFormatError
 from ..data.stream import ClipStream, build_train_loader
 from ..data.validation_set import ValidationSet
-from .ema import WeightEMA
+from ..errors import RankLostError, TrainingError
 from ..imresize import downscale
-from ..model.loss import HybridLoss, photometric_weight_at
-from .lr_schedule import LRSchedule
 from ..model.architecture import alignment_parameters, build_model, count_parameters
+from ..model.loss import HybridLoss, photometric_weight_at
+from ..signals import StopSignals
+from .adaptive import AdaptiveController
+from .autotune import Ranks, autotune
+from .checkpoint import WEIGHTS_FORMAT, CheckpointError, CheckpointManager, CheckpointWriteError, list_complete
+from .ema import WeightEMA
+from .lr_schedule import LRSchedule
 from .observer import Observer
 from .run_dir import StartError, StartRequest, check_writable, decide_start, move_aside
 from .runtime import cpu_threads, memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
-from ..signals import StopSignals
 from .telemetry import TELEMETRY_KEYS, GpuTelemetry
 from .validation import Validator
 from .wrapping import BranchActivity, set_activation_checkpointing, to_channels_last
-
 
 # What one step reports, summed over micro-batches and all-reduced in one vector: the loss parts, the
 # alignment's figures (zero for `implicit`), then the gradient norm and the branch activity.
