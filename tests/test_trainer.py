@@ -392,7 +392,7 @@ def test_gradients_reach_the_optimizer_clipped_to_the_adaptive_threshold(train_s
 
         def train_step(batches):
             result = real_train_step(batches)
-            norms.append(result.stats["grad_norm"])
+            norms.append(result.stats.grad_norm)
             return result
 
         trainer.train_step = train_step
@@ -418,3 +418,25 @@ def test_a_vanished_peer_is_told_apart_from_a_bug():
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
                         "[127.0.0.1]:41207\nRank 0 is most likely dead; see its output before reporting an error.")
     assert peer_gone_reason(gloo) == "Connection closed by peer"  # the one line names the cause, not a path
+
+
+def test_the_step_record_names_every_all_reduced_value():
+    """The step's one all-reduced vector is unpacked by name into StepStats (no positional indexing);
+    what is not a per-step mean (the data counters, the stop flag) goes to TrainState and the loop."""
+    import dataclasses
+
+    from vsrpp_dist.training.state import REDUCED, StepStats
+
+    names = {f.name for f in dataclasses.fields(StepStats)}
+    assert len(set(REDUCED)) == len(REDUCED)
+    assert names - set(REDUCED) == {"photometric_weight"}  # known on the host, not reduced
+    assert set(REDUCED) - names == {"skipped_samples", "bad_shards", "stop"}
+
+
+def test_logs_and_status_show_the_lr_the_step_used(finished_run):
+    run_dir, trainer = finished_run
+    logged = read_scalars(run_dir, "Training/LearningRate")
+    for step, value in logged.items():
+        assert value == pytest.approx(trainer.schedule.lr(step - 1))
+    status = (run_dir / "training_status.txt").read_text()
+    assert f"learning rate {trainer.schedule.lr(7):.4g}" in " ".join(status.split())

@@ -15,7 +15,6 @@ import math
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +40,10 @@ from .lr_schedule import LRSchedule
 from .observer import Observer
 from .run_dir import StartError, StartRequest, check_writable, decide_start, move_aside
 from .runtime import cpu_threads, memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
+from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
 from .telemetry import TELEMETRY_KEYS, GpuTelemetry
 from .validation import Validator
 from .wrapping import BranchActivity, set_activation_checkpointing, to_channels_last
-
-# What one step reports, summed over micro-batches and all-reduced in one vector: the loss parts, the
-# alignment's figures (zero for `implicit`), then the gradient norm and the branch activity.
-STEP_PARTS = ("l1", "ms", "grad", "total", "sharpness", "photometric", "flow_magnitude", "offset_mean")
-STAT_NAMES = (*STEP_PARTS, "grad_norm", "backward_activity", "forward_activity")
-
-
-
-
-
 
 # What gloo and NCCL say when the other end of a collective has gone away.
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
@@ -69,64 +59,6 @@ def lost_a_rank(err: BaseException) -> bool:
 def peer_gone_reason(err: BaseException) -> str:
     """The words that matter in gloo's several-line message (a source path, then advice)."""
     return next((text for text in PEER_GONE if text in str(err)), type(err).__name__)
-
-
-@dataclass
-class TrainState:
-    """Counters that must survive a restart; registered for checkpointing."""
-
-    step: int = 0  # optimizer updates done
-    batches_consumed: int = 0  # per-rank batches taken from the stream (the stream resumes here)
-    clips_seen: int = 0  # over all ranks
-    nonfinite_total: int = 0
-    nonfinite_in_row: int = 0
-    rollbacks: int = 0
-    skipped_samples: int = 0  # over all ranks
-    bad_shards: int = 0  # over all ranks
-    train_seconds: float = 0.0
-    last_validation: dict = field(default_factory=dict)
-    world_size: int = 1
-    num_workers: int = 0
-    batch_size_per_gpu: int = 0
-    grad_accum_steps: int = 1
-
-    def state_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-
-
-@dataclass
-class StepResult:
-    stats: dict[str, float]
-    finite: bool
-    stop: bool
-    data_wait_s: float
-
-
-class IntervalMeter:
-    """Sums of per-step figures between two logs."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, float] = {}
-        self.steps = 0
-        self.data_wait_s = 0.0
-        self.started = time.perf_counter()
-
-    def add(self, result: StepResult) -> None:
-        self.data_wait_s += result.data_wait_s
-        if result.finite:
-            self.steps += 1
-            for key, value in result.stats.items():
-                self.sums[key] = self.sums.get(key, 0.0) + value
-
-    def mean(self, key: str) -> float:
-        return self.sums.get(key, float("nan")) / self.steps if self.steps else float("nan")
 
 
 def check_data(cfg: Config, world_size: int) -> None:
@@ -283,12 +215,13 @@ class Trainer:
         """One optimizer step: grad_accum_steps micro-batches, then the all-reduced step statistics."""
         acc, model = self.accelerator, self.model
         started = time.perf_counter()
-        lr_value = self.schedule.lr(self.state.step)
+        # The one place the LR is computed; the result carries it to the logs and the status file.
+        lr_value, phase = self.schedule.lr(self.state.step), self.schedule.phase(self.state.step)
         for group, factor in zip(self.optimizer.param_groups, self.lr_factors):
             group["lr"] = lr_value * factor
         weights = self.adaptive.weights
         photometric_weight = photometric_weight_at(self.state.step, self.cfg.alignment) if self.aligns else 0.0
-        sums = torch.zeros(len(STEP_PARTS), device=acc.device)
+        sums = torch.zeros(len(StepStats.PARTS), device=acc.device)
         data_wait = 0.0
         skipped = [0, 0]  # corrupt samples, bad shards this rank's stream met during this step
         for _ in range(self.batches.grad_accum_steps):
@@ -306,7 +239,7 @@ class Trainer:
                     objective = objective + photometric_weight * alignment["photometric"]
                 acc.backward(objective)
             parts.update(alignment)
-            sums += torch.stack([parts[k].detach().float() for k in STEP_PARTS])
+            sums += torch.stack([parts[k].detach().float() for k in StepStats.PARTS])
         # acc.sync_gradients is True here: DDP has averaged the gradients over ranks.
         if self.accelerator.scaler is not None:
             acc.unscale_gradients()
@@ -317,19 +250,19 @@ class Trainer:
         host_values = torch.tensor([*skipped, stop], device=acc.device)
         local = torch.cat([sums / self.batches.grad_accum_steps, grad_norm.reshape(1),
                            self.activity.read(acc.device), host_values])
-        reduced = acc.reduce(local, reduction="sum")
-        values = reduced.tolist()  # the step's one host sync
-        self.state.skipped_samples += round(values[-3])
-        self.state.bad_shards += round(values[-2])
+        assert local.numel() == len(REDUCED)
+        reduced = dict(zip(REDUCED, acc.reduce(local, reduction="sum").tolist()))  # the step's one host sync
+        self.state.skipped_samples += round(reduced["skipped_samples"])
+        self.state.bad_shards += round(reduced["bad_shards"])
         world = acc.num_processes
-        # (the gradient norm is identical on every rank; the mean is that value)
-        stats = {name: values[i] / world for i, name in enumerate(STAT_NAMES)}
-        stats["photometric_weight"] = photometric_weight
-        finite = math.isfinite(stats["total"]) and math.isfinite(stats["grad_norm"])
+        # means over ranks (the gradient norm is identical on every rank; the mean is that value)
+        stats = StepStats(**{f.name: reduced[f.name] / world for f in dataclasses.fields(StepStats)
+                             if f.name in reduced}, photometric_weight=photometric_weight)
+        finite = math.isfinite(stats.total) and math.isfinite(stats.grad_norm)
         if finite or self.accelerator.scaler is not None:
             # With fp16 the scaler itself skips steps with inf/nan gradients and lowers its scale.
             # The norm is on the host already: below the threshold clipping would multiply by 1.
-            if not (finite and stats["grad_norm"] <= self.adaptive.clip_threshold):
+            if not (finite and stats.grad_norm <= self.adaptive.clip_threshold):
                 torch.nn.utils.clip_grads_with_norm_(params, self.adaptive.clip_threshold, grad_norm)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -339,8 +272,7 @@ class Trainer:
             self.state.step += 1
             self.state.clips_seen += self.batches.global_batch_size
         self.state.train_seconds += time.perf_counter() - started
-        stats["lr"] = lr_value
-        return StepResult(stats, finite, values[-1] > 0, data_wait)
+        return StepResult(stats, finite, reduced["stop"] > 0, data_wait, lr_value, phase)
 
     # ------------------------------------------------------------------------------------------------
     # Pieces of the loop
@@ -359,15 +291,15 @@ class Trainer:
     def _after_update(self, result: StepResult) -> None:
         stats, state = result.stats, self.state
         state.nonfinite_in_row = 0
-        self.adaptive.observe(stats["l1"], stats["ms"], stats["grad"], stats["sharpness"], stats["grad_norm"])
+        self.adaptive.observe(stats.l1, stats.ms, stats.grad, stats.sharpness, stats.grad_norm)
         self.adaptive.maybe_update(state.step)
 
     def _handle_nonfinite(self, result: StepResult) -> None:
         state, guard = self.state, self.cfg.guard
         state.nonfinite_total += 1
         state.nonfinite_in_row += 1
-        self.observer.warn(f"step {state.step + 1}: non-finite loss or gradient (loss {result.stats['total']:.4g}, "
-                           f"gradient norm {result.stats['grad_norm']:.4g}); step skipped "
+        self.observer.warn(f"step {state.step + 1}: non-finite loss or gradient (loss {result.stats.total:.4g}, "
+                           f"gradient norm {result.stats.grad_norm:.4g}); step skipped "
                            f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
         self.observer.scalars(state.step, {"Guard/NonFinite_Steps": state.nonfinite_total})
         if state.nonfinite_in_row >= guard.max_nonfinite_in_row:
@@ -506,7 +438,7 @@ class Trainer:
         scalars = {
             "Loss/L1": meter.mean("l1"), "Loss/MS": meter.mean("ms"), "Loss/Grad": meter.mean("grad"),
             "Loss/Total": meter.mean("total"),
-            "Training/LearningRate": self.schedule.lr(step - 1),
+            "Training/LearningRate": result.lr,
             "Adaptive/L1_Weight": weights.l1, "Adaptive/MS_Weight": weights.ms, "Adaptive/Grad_Weight": weights.grad,
             "Adaptive/GradientClip": self.adaptive.clip_threshold,
             "Adaptive/AggressiveMode": float(self.adaptive.aggressive),
@@ -515,7 +447,7 @@ class Trainer:
             "Activity/Backward_Trunk_Avg": meter.mean("backward_activity"),
             "Activity/Forward_Trunk_Avg": meter.mean("forward_activity"),
             **self._alignment_scalars(meter),
-            "LR_Schedule/Phase": float(self.schedule.phase(step - 1)),
+            "LR_Schedule/Phase": float(result.phase),
             "System/Speed_s_per_iter": s_per_iter,
             "System/Clips_per_s": self.batches.global_batch_size / s_per_iter,
             "System/Data_Wait_Fraction": meter.data_wait_s / max(elapsed, 1e-9),
@@ -577,11 +509,11 @@ class Trainer:
         return {
             "run": str(self.run_dir),
             "step": f"{state.step} / {cfg.train.total_steps}",
-            "phase": ("warm-up", "cosine", "plateau-reduced")[self.schedule.phase(max(0, state.step - 1))],
-            "loss (last step)": f"total {result.stats['total']:.5f}  L1 {result.stats['l1']:.5f}  "
-                                f"MS {result.stats['ms']:.5f}  Grad {result.stats['grad']:.5f}",
+            "phase": ("warm-up", "cosine", "plateau-reduced")[result.phase],
+            "loss (last step)": f"total {result.stats.total:.5f}  L1 {result.stats.l1:.5f}  "
+                                f"MS {result.stats.ms:.5f}  Grad {result.stats.grad:.5f}",
             "loss weights": f"L1 {weights.l1:.3f}  MS {weights.ms:.3f}  Grad {weights.grad:.3f}",
-            "learning rate": f"{self.schedule.lr(max(0, state.step - 1)):.4g}",
+            "learning rate": f"{result.lr:.4g}",
             "gradient clip": f"{self.adaptive.clip_threshold:.4g}",
             "aggressive mode": "on" if self.adaptive.aggressive else "off",
             "speed": f"{s_per_iter:.3f} s/iter, {last.get('clips_per_s', float('nan')):.1f} clips/s, "
