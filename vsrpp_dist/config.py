@@ -39,6 +39,11 @@ class RunConfig:
     seed: int = setting(0, "seed for weights, data stream and augmentation", min=0)
 
 
+# The alignment variants and the model keys each uses beyond the ones every variant has.
+ALIGNMENT_KEYS = {"implicit": (), "flow": ("flow_channels", "flow_levels", "max_flow"),
+                  "flow_deform": ("flow_channels", "flow_levels", "max_flow", "deform_groups", "max_residue")}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = setting("VSRBidirectional_3x", "architecture", choices=("VSRBidirectional_3x",))
@@ -51,7 +56,7 @@ class ModelConfig:
     upsample_channels: int = setting(64, "channels after the x3 pixel shuffle", min=3)
     alignment: str = setting("implicit", "how a branch aligns its state to the next frame: implicit (convolutions "
                              "only), flow (warp by a learned flow), flow_deform (deformable conv guided by it)",
-                             choices=("implicit", "flow", "flow_deform"))
+                             choices=tuple(ALIGNMENT_KEYS))
     flow_channels: int = setting(32, "width of the flow network (flow and flow_deform)", min=2)
     flow_levels: int = setting(3, "pyramid levels of the flow network (each halves the resolution)", min=1, max=6)
     max_flow: float = setting(16.0, "flows are clamped to this many LR pixels per frame step (bounds the "
@@ -64,18 +69,18 @@ class ModelConfig:
 # matter for other alignments take their defaults).
 LEGACY_MODEL_VALUES = {"alignment": "implicit"}
 
-# The keys that change an alignment variant's architecture, beyond the ones every variant has.
-ALIGNMENT_KEYS = {"implicit": (), "flow": ("flow_channels", "flow_levels", "max_flow"),
-                  "flow_deform": ("flow_channels", "flow_levels", "max_flow", "deform_groups", "max_residue")}
+
+def with_legacy_values(model_values: dict) -> dict:
+    """A saved model config with the keys it predates filled in as the model it describes was built."""
+    return {**LEGACY_MODEL_VALUES, **model_values}
 
 
 def architecture_of(model_values: dict) -> dict:
     """The model keys that decide the architecture and its weights, from a saved or current model
-    config (filled in for checkpoints that predate a key)."""
-    values = {**LEGACY_MODEL_VALUES, **model_values}
-    shared = ("name", "scale", "num_frames", "channels", "extract_blocks", "propagation_blocks",
-              "reconstruction_blocks", "upsample_channels", "alignment")
-    return {key: values.get(key) for key in (*shared, *ALIGNMENT_KEYS.get(values["alignment"], ()))}
+    config: every key except the ones only other alignment variants use."""
+    values = with_legacy_values(model_values)
+    unused = set().union(*ALIGNMENT_KEYS.values()) - set(ALIGNMENT_KEYS.get(values["alignment"], ()))
+    return {f.name: values.get(f.name) for f in dataclasses.fields(ModelConfig) if f.name not in unused}
 
 
 @dataclass(frozen=True)

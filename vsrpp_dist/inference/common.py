@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..cli import int_at_least
-from ..config import LEGACY_MODEL_VALUES, ConfigError, ModelConfig, load_config
+from ..config import ConfigError, ModelConfig, load_config, with_legacy_values
 from ..data.sources import Sequence, SequenceError, read_frames
 from ..errors import InferenceError
 from ..model.alignment import FLOW_KERNEL
@@ -169,7 +169,7 @@ def model_config_from_dict(values: dict, where: str) -> ModelConfig:
     architecture are refused with the key named)."""
     if not isinstance(values, dict):
         raise CheckpointError(f"{where}: has no model_config")
-    values = {**LEGACY_MODEL_VALUES, **values}  # weights from before a key existed
+    values = with_legacy_values(values)  # weights from before a key existed
     try:
         return load_config(None, [f"model.{key}={value}" for key, value in values.items()]).model
     except ConfigError as err:

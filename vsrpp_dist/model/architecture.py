@@ -18,6 +18,8 @@ checkpointing, DDP and compilation are applied from outside (see vsrpp_dist/trai
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,9 +144,13 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
         for i in range(centre - 1, -1, -1):
             forward_state = self.forward_branch(feats_btchw[:, i], forward_state, flows and flows[(i, i + 1)])
 
+        to_centre = None
         if flows is not None:
-            backward_state = flow_warp(backward_state, self._flow_from_centre(flows, range(centre + 1, t)))
-            forward_state = flow_warp(forward_state, self._flow_from_centre(flows, range(centre - 1, -1, -1)))
+            # the flows centre -> outermost frame of each walk: the way back onto the centre's grid
+            to_centre = {(centre, t - 1): self._flow_from_centre(flows, range(centre + 1, t)),
+                         (centre, 0): self._flow_from_centre(flows, range(centre - 1, -1, -1))}
+            backward_state = flow_warp(backward_state, to_centre[(centre, t - 1)])
+            forward_state = flow_warp(forward_state, to_centre[(centre, 0)])
 
         fused = self.fusion(torch.cat([feats_btchw[:, centre], backward_state, forward_state], dim=1))
         detail = self.upsampler(self.reconstruction(fused))
@@ -152,7 +158,7 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
         sr = base + detail
         if not with_alignment:
             return sr
-        return sr, self._alignment_report(lr_btchw, flows)
+        return sr, self._alignment_report(lr_btchw, flows, to_centre)
 
     def _flows(self, lr_btchw: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
         """Every flow the walk needs, from one batched pass of the flow net."""
@@ -171,19 +177,17 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
             previous = k
         return composed
 
-    def _alignment_report(self, lr_btchw: torch.Tensor, flows: dict | None) -> dict[str, torch.Tensor]:
+    def _alignment_report(self, lr_btchw: torch.Tensor, flows: dict | None,
+                          to_centre: dict | None) -> dict[str, torch.Tensor]:
         zero = lr_btchw.new_zeros((), dtype=torch.float32)
         if flows is None:
             return {"photometric": zero, "flow_magnitude": zero, "offset_mean": zero}
-        centre = self.num_frames // 2
-        # the pairwise flows, and the outermost neighbours warped onto the centre through the composition
-        checked = dict(flows)
-        checked[(centre, self.num_frames - 1)] = self._flow_from_centre(flows, range(centre + 1, self.num_frames))
-        checked[(centre, 0)] = self._flow_from_centre(flows, range(centre - 1, -1, -1))
         magnitude = torch.stack([f.detach().float().norm(dim=1).mean() for f in flows.values()]).mean()
         offsets = [m for branch in (self.backward_branch, self.forward_branch) if hasattr(branch, "align")
                    for m in branch.align.offset_abs_means]
-        return {"photometric": photometric_loss(lr_btchw, checked), "flow_magnitude": magnitude,
+        # checked: the pairwise flows, and the outermost neighbours warped onto the centre through the
+        # composed flows the forward pass used
+        return {"photometric": photometric_loss(lr_btchw, {**flows, **to_centre}), "flow_magnitude": magnitude,
                 "offset_mean": torch.stack(offsets).mean() if offsets else zero}
 
 
@@ -193,20 +197,9 @@ def build_model(model_cfg) -> VSRBidirectional_3x:
         raise ValueError(f"model.name: unknown architecture {model_cfg.name!r}")
     if model_cfg.scale != VSRBidirectional_3x.scale:
         raise ValueError(f"model.scale: {model_cfg.name} upscales x{VSRBidirectional_3x.scale}, not x{model_cfg.scale}")
-    return VSRBidirectional_3x(
-        channels=model_cfg.channels,
-        extract_blocks=model_cfg.extract_blocks,
-        propagation_blocks=model_cfg.propagation_blocks,
-        reconstruction_blocks=model_cfg.reconstruction_blocks,
-        upsample_channels=model_cfg.upsample_channels,
-        num_frames=model_cfg.num_frames,
-        alignment=model_cfg.alignment,
-        flow_channels=model_cfg.flow_channels,
-        flow_levels=model_cfg.flow_levels,
-        max_flow=model_cfg.max_flow,
-        deform_groups=model_cfg.deform_groups,
-        max_residue=model_cfg.max_residue,
-    )
+    # every other model key is a constructor argument of the same name
+    return VSRBidirectional_3x(**{key: value for key, value in dataclasses.asdict(model_cfg).items()
+                                  if key not in ("name", "scale")})
 
 
 def alignment_parameters(model: nn.Module) -> list[nn.Parameter]:

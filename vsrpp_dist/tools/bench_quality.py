@@ -106,6 +106,7 @@ def split_video_frames(folder: Path, stride: int, train: Path, held_out: Path) -
     sequences with the size cropped to a multiple of 3."""
     from PIL import Image
 
+    from ..data.shard_format import crop_to_scale
     from ..data.sources import IMAGE_SUFFIXES, natural_key
 
     names = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: natural_key(p.name))
@@ -118,8 +119,8 @@ def split_video_frames(folder: Path, stride: int, train: Path, held_out: Path) -
         for i, path in enumerate(part):
             with Image.open(path) as image:
                 image = image.convert("RGB")
-                w, h = image.size
-                image.crop((0, 0, w - w % 3, h - h % 3)).save(out / f"{i:08d}.png", compress_level=1)
+                h, w = crop_to_scale(image.height, image.width)
+                image.crop((0, 0, w, h)).save(out / f"{i:08d}.png", compress_level=1)
 
 
 # -- runs --------------------------------------------------------------------------------------------
@@ -144,15 +145,6 @@ def children_cpu_s() -> float:
     """CPU seconds (user + system) of every finished child process and its own children."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def steady_s_per_iter(run_dir: Path) -> float:
-    """The median s/iter of the logged intervals in RUN/training.log after the first third (start-up,
-    the shuffle buffer filling and the allocator warming up)."""
-    rates = [float(m) for m in re.findall(r"(\d+\.\d+) s/iter", (run_dir / "training.log").read_text())]
-    if not rates:
-        raise RuntimeError(f"{run_dir}/training.log: no s/iter logged")
-    return statistics.median(rates[len(rates) // 3:])
 
 
 def trained_seconds(run_dir: Path) -> float:
@@ -200,8 +192,8 @@ def run(args) -> int:
         raise BenchError(f"--seeds {args.seeds}: expected whole numbers, comma-separated") from None
     work = Path(args.work).absolute()
     work.mkdir(parents=True, exist_ok=True)
-    lr_patch = load_config(args.config, list(args.overrides)).data.lr_patch_size
-    shards, held_out = prepare_data(work, args.frames, args.stride, args.speed, lr_patch, say)
+    base = load_config(args.config, list(args.overrides))
+    shards, held_out = prepare_data(work, args.frames, args.stride, args.speed, base.data.lr_patch_size, say)
     budget_s = 60 * args.minutes
     quiet = ["train.log_every=10", "checkpoint.rolling_every=0", "checkpoint.regular_every=0", "validation.every=0"]
 
@@ -227,7 +219,7 @@ def run(args) -> int:
                                            args.overrides, quiet + extra + ["checkpoint.save_final=false"]),
                              work / f"{label}.log")
                 costs.setdefault((variant, regime), []).append(trained_seconds(calibrate) / args.calibrate_steps)
-    warmup_steps = load_config(args.config, list(args.overrides)).alignment.photometric_steps
+    warmup_steps = base.alignment.photometric_steps
     s_per_iter, plan = {}, {}
     for variant in variants:
         after = statistics.median(costs[(variant, "after")])

@@ -72,9 +72,6 @@ class LRSchedule:
             return True
         return False
 
-    def note_rollback(self) -> None:
-        self.state.rollbacks += 1
-
     def state_dict(self) -> dict:
         return dict(vars(self.state))
 

@@ -121,6 +121,7 @@ class Trainer:
             model = to_channels_last(model)
         self.activity = BranchActivity(model)
         self.aligns = cfg.model.alignment != "implicit"
+        self._offsets_exploded = False  # the offset warning fires once per crossing of the limit
         fused = cfg.optim.fused == "on" or (cfg.optim.fused == "auto" and acc.device.type == "cuda")
         param_groups, self.lr_factors = self._param_groups(model)
         optimizer = torch.optim.AdamW(param_groups, lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2),
@@ -315,10 +316,6 @@ class Trainer:
                                 "lower optim.lr_peak or check the data, then continue with --resume")
         keep = {k: getattr(self.state, k) for k in ("batches_consumed", "nonfinite_total", "rollbacks",
                                                      "skipped_samples", "bad_shards", "train_seconds")}
-        # The checkpoint restores the schedule's state as it was when it was written, rollback count
-        # included: without carrying the count over, a second rollback to the same checkpoint would
-        # land on the same LR and could loop there.
-        schedule_rollbacks = self.schedule.state.rollbacks
         try:
             info = self.checkpoints.load("latest", self._check_compatible)
         except CheckpointError as err:
@@ -328,8 +325,9 @@ class Trainer:
             setattr(self.state, key, value)
         self.state.rollbacks += 1
         self.state.nonfinite_in_row = 0
-        self.schedule.state.rollbacks = schedule_rollbacks
-        self.schedule.note_rollback()
+        # The checkpoint restored the schedule's rollback count as it was when it was written; the run's
+        # own count (kept above) is the truth, so every rollback lowers the LR again, even to one checkpoint.
+        self.schedule.state.rollbacks = self.state.rollbacks
         self.observer.warn(f"rolled back to {info.path.name} (step {self.state.step}) after "
                            f"{self.cfg.guard.max_nonfinite_in_row} non-finite steps; LR now "
                            f"{self.schedule.lr(self.state.step):.3g} (rollback {self.state.rollbacks})")
@@ -476,7 +474,7 @@ class Trainer:
             offset_mean = scalars["Activity/Offset_Mean"] = meter.mean("offset_mean")
             limit = self.cfg.alignment.offset_warn_px
             exploded = offset_mean > limit
-            if exploded and not getattr(self, "_offsets_exploded", False):
+            if exploded and not self._offsets_exploded:
                 self.observer.warn(f"step {self.state.step}: mean deformable offset {offset_mean:.1f} LR px exceeds "
                                    f"alignment.offset_warn_px={limit:g}: the alignment is diverging; lower "
                                    "alignment.lr_factor or optim.lr_peak (or resume from an earlier checkpoint)",
