@@ -264,7 +264,10 @@ def test_implicit_weights_from_before_alignment_existed_load_and_give_the_same_o
     loaded = load_model(fixture, torch.device("cpu"))
     assert loaded.model_cfg.alignment == "implicit"
     with torch.no_grad():
-        assert torch.equal(loaded.model(payload["test_input"]), payload["test_output"])
+        output = loaded.model(payload["test_input"])
+    # The same computation; only the CPU's convolution kernels (vector width, summation order) may
+    # differ from the machine that wrote the fixture: float32 rounding, nothing more.
+    assert (output - payload["test_output"]).abs().max() <= 1e-6
     # the same seed still draws the same initial weights, bit for bit
     torch.manual_seed(0)
     fresh = build_model(load_config(ROOT / "configs" / "tiny.yaml", ["model.alignment=implicit"]).model)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vsrpp_dist.config import ModelConfig, load_config
+from vsrpp_dist.model.architecture import build_model
 from vsrpp_dist.model.loss import LossWeights
 from vsrpp_dist.training import autotune as at
 from vsrpp_dist.training.autotune import (
@@ -360,7 +361,7 @@ def test_step_probe_runs_real_steps_without_moving_the_rng():
     trial = probe(C(2, True, nhwc=False))
     assert torch.equal(rng, torch.get_rng_state())
     assert trial.fits and trial.s_per_iter > 0 and trial.error is None
-    params = sum(p.numel() for p in at.build_model(TINY).parameters())
+    params = sum(p.numel() for p in build_model(TINY).parameters())
     assert trial.margin_bytes == 2 * 4 * params  # fp32 parameters: DDP buckets and the EMA
 
 
@@ -376,7 +377,7 @@ def test_step_probe_turns_an_oom_into_a_misfit(monkeypatch, err):
     def step(*args):
         raise err
 
-    monkeypatch.setattr(probe, "_step", step)
+    monkeypatch.setattr(at.PlainStep, "__call__", step)  # the training step the probe runs
     trial = probe(C(2, nhwc=False))
     assert not trial.fits and at.is_oom_text(trial.error)
     assert len(releases) == 2  # before the trial and after the failure
@@ -388,7 +389,7 @@ def test_step_probe_raises_other_errors(monkeypatch):
     def step(*args):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(probe, "_step", step)
+    monkeypatch.setattr(at.PlainStep, "__call__", step)  # the training step the probe runs
     with pytest.raises(RuntimeError, match="mat1"):
         probe(C(2, nhwc=False))
 
@@ -456,7 +457,11 @@ def _two_rank_worker(out_dir: str) -> None:
 
 def test_two_ranks_agree_on_a_setting_that_fits_on_both(tmp_path):
     from accelerate import debug_launcher
+    from accelerate.state import AcceleratorState
 
+    # A Trainer built in this process by an earlier test leaves Accelerate's one-process state behind;
+    # the forked ranks would inherit it and both believe they are rank 0.
+    AcceleratorState._reset_state(reset_partial_state=True)
     debug_launcher(_two_rank_worker, args=(str(tmp_path),), num_processes=2)
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
     # Same candidates tried in the same order and the same choice on both ranks.

@@ -127,6 +127,7 @@ def test_real_lr_pairs_give_the_same_numbers_as_bi(weights, gt_root, tmp_path, c
 
 def test_packed_set_matches_frame_folders_and_training_validation(weights, gt_root, tmp_path, capsys):
     from vsrpp_dist.data.pack_command import main as pack
+    from vsrpp_dist.data.validation_set import ValidationSet
     from vsrpp_dist.inference.common import load_model
     from vsrpp_dist.training.validation import Validator
 
@@ -150,7 +151,7 @@ def test_packed_set_matches_frame_folders_and_training_validation(weights, gt_ro
         def image(self, *args):
             pass
 
-    validator = Validator(str(tmp_path / "val"), ValidationConfig(images=0), OneProcess(), Quiet())
+    validator = Validator(ValidationSet(tmp_path / "val"), ValidationConfig(images=0), OneProcess(), Quiet())
     scores = validator.run(load_model(weights, torch.device("cpu")).model, step=0)
     overall = rows_by_name(packed)["overall"]
     # Validator averages its frames in float32: equal to ~1e-7 relative

@@ -15,10 +15,12 @@ import pytest
 import torch
 
 from vsrpp_dist.config import load_config
+from vsrpp_dist.errors import TrainingError
 from vsrpp_dist.model.architecture import build_model
 from vsrpp_dist.training.checkpoint import CheckpointError, list_complete, load_exported_weights
+from vsrpp_dist.training.recovery import lost_a_rank, peer_gone_reason
 from vsrpp_dist.training.run_dir import StartError, StartRequest, decide_start
-from vsrpp_dist.training.trainer import Trainer, TrainingError, lost_a_rank, peer_gone_reason
+from vsrpp_dist.training.trainer import Trainer
 
 from .conftest import TINY
 from .test_e2e_launcher import read_scalars

@@ -21,6 +21,7 @@ data. Changing world size or worker count between runs changes the split (the ru
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import tarfile
@@ -236,6 +237,13 @@ class ClipStream(IterableDataset):
                 f"workers = {streams} streams; pack more data or lower data.num_workers")
         self.plan = EpochPlan(shard_samples, seed, streams)
 
+    def batched(self, batch_size: int, start_batch: int = 0) -> ClipStream:
+        """The same stream (manifest read and checked once) cut into batches of `batch_size`, starting at
+        batch `start_batch` of this rank (where a resumed run continues)."""
+        stream = copy.copy(self)
+        stream.batch_size, stream.start_batch = batch_size, start_batch
+        return stream
+
     def _check_patch_fits(self) -> None:
         tiles = [tuple(s["tile_size"]) for s in self.manifest["sequences"] if s.get("samples", 1)]
         smallest = min(min(t) for t in tiles)
@@ -303,11 +311,15 @@ class ClipStream(IterableDataset):
 
 def build_train_loader(folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
                        batch_size: int, start_batch: int = 0, pin_memory: bool = False) -> DataLoader:
-    """The rank's loader; deliberately not passed through accelerator.prepare (which would have rank 0 read
-    its own split only and dispatch slices of it: half the data never seen)."""
     dataset = ClipStream(folder, data_cfg, seed=seed, rank=rank, world_size=world_size,
                          batch_size=batch_size, start_batch=start_batch)
+    return train_loader(dataset, data_cfg, pin_memory=pin_memory)
+
+
+def train_loader(stream: ClipStream, data_cfg, *, pin_memory: bool = False) -> DataLoader:
+    """The rank's loader over its stream; deliberately not passed through accelerator.prepare (which
+    would have rank 0 read its own split only and dispatch slices of it: half the data never seen)."""
     workers = data_cfg.num_workers
-    return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       prefetch_factor=data_cfg.prefetch_batches if workers > 0 else None,
                       persistent_workers=False, worker_init_fn=detach_worker_from_signals if workers else None)

@@ -3,8 +3,9 @@
 (a) trainer: the real `Trainer.train()` loop on real shards (loader workers, the per-step all-reduce,
     LR schedule, adaptive system, logging, status file; checkpoints and validation switched off), timed
     between the end of the warm-up steps and the last step.
-(b) bare: the same model, batch, patch, precision, memory layout and optimizer as plain PyTorch:
-    forward, loss, backward, optimizer step on one batch already on the device, nothing else.
+(b) bare: the same model, batch, patch, precision, memory layout and optimizer, built by the same
+    builder (training/builder.py), as plain PyTorch: forward, loss, backward, clipping, optimizer step
+    on one batch already on the device, nothing else.
 The bare loop runs before and after the trainer and the two are averaged, so drift on a shared machine
 shows up as their spread instead of as overhead.
 
@@ -26,12 +27,12 @@ from pathlib import Path
 import torch
 
 from ..cli import int_at_least
-from ..config import load_config
+from ..config import SCALE, load_config
 from ..imresize import downscale
 from ..model.architecture import build_model, conv_flops_per_clip
-from ..model.loss import HybridLoss, LossWeights
+from ..model.loss import LossWeights
+from ..training.builder import PlainStep, build_optimizer, build_training_model
 from ..training.runtime import cpu_threads, local_cuda_device, plan_device, profile_settings
-from ..training.wrapping import set_activation_checkpointing, to_channels_last
 
 
 def add_parser(subparsers) -> None:
@@ -55,46 +56,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _precision_dtype(name: str):
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(name)
-
-
 def bare_loop(cfg, batch_size: int, precision: str, activation_checkpointing: bool, device: torch.device,
               steps: int, warmup: int) -> dict:
-    """Forward, loss, backward, optimizer step; nothing else."""
+    """Forward, loss, backward, clipping, optimizer step, built as the trainer builds them; nothing else."""
     torch.manual_seed(cfg.run.seed)
-    model = build_model(cfg.model)
-    set_activation_checkpointing(model, activation_checkpointing)
-    if device.type == "cuda" and cfg.train.channels_last:
-        model = to_channels_last(model)
-    model.to(device).train()
-    fused = cfg.optim.fused == "on" or (cfg.optim.fused == "auto" and device.type == "cuda")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr_peak, fused=fused or None)
-    p = cfg.data.lr_patch_size * 3
+    model = build_training_model(cfg.model, device=device, activation_checkpointing=activation_checkpointing,
+                                 channels_last=cfg.train.channels_last).train()
+    optimizer, _ = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment.lr_factor,
+                                   device_type=device.type)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.optim.lr_peak
+    step = PlainStep(model, optimizer, precision, LossWeights(cfg.loss.l1_weight, cfg.loss.ms_weight,
+                                                              cfg.loss.grad_weight))
+    p = cfg.data.lr_patch_size * SCALE
     gt = torch.rand(batch_size, cfg.model.num_frames, 3, p, p, device=device)
     lr = downscale(gt.flatten(0, 1)).unflatten(0, gt.shape[:2])
-    centre = gt[:, gt.shape[1] // 2]
-    loss_fn = HybridLoss()
-    weights = LossWeights(cfg.loss.l1_weight, cfg.loss.ms_weight, cfg.loss.grad_weight)
-    dtype = _precision_dtype(precision)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             started = time.perf_counter()
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            sr = model(lr)
-        loss = loss_fn(sr, centre, weights)["total"]
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step(gt, lr)
     _sync(device)
     seconds = (time.perf_counter() - started) / steps
     return {"s_per_iter": seconds, "clips_per_s": batch_size / seconds,

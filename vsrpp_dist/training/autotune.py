@@ -33,13 +33,13 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
+from ..config import SCALE, OptimConfig
 from ..errors import AutotuneError
 from ..files import atomic_write_text
 from ..imresize import downscale
-from ..model.architecture import build_model
-from ..model.loss import HybridLoss, LossWeights
+from ..model.loss import LossWeights
+from .builder import PlainStep, build_optimizer, build_training_model
 from .runtime import BatchPlan, DevicePlan, plan_batches
-from .wrapping import set_activation_checkpointing, to_channels_last
 
 RESULT_FILE = "autotune.json"
 FORMAT_VERSION = 1
@@ -475,7 +475,7 @@ class CudaStepProbe:
 
     def __init__(self, model_cfg, loss_weights: LossWeights, lr_patch_size: int, precision: str,
                  device: torch.device | str, trial_steps: int = 3, *, extra_param_copies: int = 0,
-                 fused: bool | None = None, scale: int = 3) -> None:
+                 optim_cfg: OptimConfig | None = None) -> None:
         if precision not in ("bf16", "fp16", "no"):
             raise ValueError(f"precision must be bf16, fp16 or no, got {precision!r}")
         if trial_steps < 1:
@@ -487,9 +487,7 @@ class CudaStepProbe:
         self.device = torch.device(device)
         self.trial_steps = trial_steps
         self.extra_param_copies = extra_param_copies
-        self.fused = self.device.type == "cuda" if fused is None else fused
-        self.scale = scale
-        self.loss_fn = HybridLoss()
+        self.optim_cfg = optim_cfg or OptimConfig()
         self._param_bytes: int | None = None
 
     @property
@@ -525,20 +523,20 @@ class CudaStepProbe:
             torch.cuda.synchronize(self.device)
 
     def _run(self, candidate: Candidate) -> float:
-        model = build_model(self.model_cfg).to(self.device)
+        model = build_training_model(self.model_cfg, device=self.device, channels_last=candidate.channels_last,
+                                     activation_checkpointing=candidate.activation_checkpointing)
         if self._param_bytes is None:
             self._param_bytes = sum(p.numel() for p in model.parameters()) * 4  # fp32 master weights
-        set_activation_checkpointing(model, candidate.activation_checkpointing)
-        if candidate.channels_last:
-            model = to_channels_last(model)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=self.fused or None)
-        scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        gt_edge = self.lr_patch_size * self.scale
+        optimizer, _ = build_optimizer(model, self.optim_cfg, alignment_lr_factor=1.0, device_type=self.device.type)
+        step = PlainStep(model, optimizer, self.precision, self.loss_weights)
+        gt_edge = self.lr_patch_size * SCALE
         gen = torch.Generator(device=self.device).manual_seed(0)
         gt_btchw = torch.rand(candidate.batch_size_per_gpu, self.model_cfg.num_frames, 3, gt_edge, gt_edge,
                               generator=gen, device=self.device)
+        b, t = gt_btchw.shape[:2]
+        lr_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
 
-        self._step(model, optimizer, scaler, gt_btchw)  # warm-up: cuDNN algorithm choice, optimizer state
+        step(gt_btchw, lr_btchw)  # warm-up: cuDNN algorithm choice, optimizer state
         if not optimizer.state:
             # fp16's scaler may skip the first steps (inf gradients) and with them the creation of
             # Adam's two moments: create them, or the peak would miss 2x the parameter bytes.
@@ -549,29 +547,9 @@ class CudaStepProbe:
         self._sync()
         began = time.perf_counter()
         for _ in range(self.trial_steps):
-            self._step(model, optimizer, scaler, gt_btchw)
+            step(gt_btchw, lr_btchw)
         self._sync()
         return (time.perf_counter() - began) / self.trial_steps
-
-    def _step(self, model, optimizer, scaler, gt_btchw: torch.Tensor) -> None:
-        """What Trainer.train_step does per micro-batch, minus the all-reduce."""
-        b, t = gt_btchw.shape[:2]
-        lr_btchw = downscale(gt_btchw.flatten(0, 1), self.scale).unflatten(0, (b, t))
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            sr_bchw = model(lr_btchw)
-        loss = self.loss_fn(sr_bchw, gt_btchw[:, t // 2], self.loss_weights)["total"]
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -714,10 +692,10 @@ def autotune(cfg, device_plan: DevicePlan, run_dir: str | Path, ranks: Ranks, *,
                                 channels_last=cfg.train.channels_last, choose=cfg.autotune.choose,
                                 max_candidates=cfg.autotune.max_candidates)
     if probe is None:
-        fused = cfg.optim.fused != "off"  # as the trainer decides it on a GPU
         probe = CudaStepProbe(cfg.model, LossWeights(cfg.loss.l1_weight, cfg.loss.ms_weight, cfg.loss.grad_weight),
                               cfg.data.lr_patch_size, device_plan.mixed_precision, device, cfg.autotune.trial_steps,
-                              extra_param_copies=int(ranks.world_size > 1) + int(cfg.ema.enabled), fused=fused)
+                              extra_param_copies=int(ranks.world_size > 1) + int(cfg.ema.enabled),
+                              optim_cfg=cfg.optim)
     cap = int(cfg.autotune.vram_cap * usable)
     log(f"auto-tune: up to {len(candidates)} settings, cap {_gb(cap)} ({cfg.autotune.vram_cap:g} of {_gb(usable)}"
         f"{' after the memory fraction' if fraction else ''}), budget {cfg.autotune.time_budget_s:g} s, "

@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import torch
 
+from .. import __version__
+from ..config import config_to_dict
 from ..errors import CheckpointError, CheckpointWriteError
 from .run_dir import CHECKPOINTS
 
@@ -42,8 +44,35 @@ KIND_ORDER = ("rolling", "best", "regular", "final", "emergency")  # later = mor
 NAME_RE = re.compile(r"^(rolling|best|regular|final|emergency)-(\d{8,})(?:-(\d+))?$")
 
 
+class CheckpointContents:
+    """What rank 0 adds to Accelerate's state in every checkpoint, read from the components that own it:
+    the exported weights (the EMA's when it is on: what validation scores and users upscale with) and
+    the description of the run that wrote it (its config and shape, read back on resume)."""
 
+    def __init__(self, cfg, accelerator, model, ema, batches, state) -> None:
+        self.cfg = cfg
+        self.accelerator = accelerator
+        self.model = model
+        self.ema = ema
+        self.batches = batches
+        self.state = state
 
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation and export use: the EMA when enabled, else the live model."""
+        return self.ema.module if self.ema.enabled else self.accelerator.unwrap_model(self.model)
+
+    def weights(self) -> dict:
+        model = self.eval_model()
+        model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+        return {"format": WEIGHTS_FORMAT, "version": 1, "model_config": config_to_dict(self.cfg)["model"],
+                "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
+                "ema": self.ema.enabled, "step": self.state.step}
+
+    def description(self) -> dict:
+        return {"config": config_to_dict(self.cfg), "world_size": self.accelerator.num_processes,
+                "num_workers": self.cfg.data.num_workers, "batch_size_per_gpu": self.batches.batch_size_per_gpu,
+                "grad_accum_steps": self.batches.grad_accum_steps, "batches_consumed": self.state.batches_consumed,
+                "torch": torch.__version__, "vsrpp_dist": __version__}
 
 
 @dataclass(frozen=True)
@@ -104,15 +133,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 class CheckpointManager:
-    def __init__(self, run_dir: Path, accelerator, cfg, observer, *, export_weights: Callable[[], dict],
-                 describe: Callable[[], dict]) -> None:
+    def __init__(self, run_dir: Path, accelerator, cfg, observer, contents: CheckpointContents) -> None:
         self.run_dir = run_dir
         self.folder = run_dir / CHECKPOINTS
         self.accelerator = accelerator
         self.cfg = cfg
         self.observer = observer
-        self.export_weights = export_weights
-        self.describe = describe
+        self.contents = contents
         self.best_metric = -math.inf
         self.best_step = -1
         self.last_saved: str = ""
@@ -220,9 +247,9 @@ class CheckpointManager:
         try:
             self.accelerator.save_state(str(tmp))
             if self.accelerator.is_main_process:
-                torch.save(self.export_weights(), tmp / WEIGHTS_NAME)
+                torch.save(self.contents.weights(), tmp / WEIGHTS_NAME)
                 meta = {"format": "vsrpp-checkpoint", "version": 1, "name": name, "kinds": kinds, "step": step,
-                        "saved_at": time.time(), "collective": collective, **self.describe()}
+                        "saved_at": time.time(), "collective": collective, **self.contents.description()}
                 (tmp / META_NAME).write_text(json.dumps(meta, indent=1, default=str))
         except Exception as err:  # ENOSPC surfaces as OSError, RuntimeError (torch) or SafetensorError
             return err

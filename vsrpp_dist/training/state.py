@@ -74,7 +74,7 @@ class StepResult:
     finite: bool
     stop: bool
     data_wait_s: float
-    lr: float  # the learning rate this step used (group 0; the alignment group has its factor on top)
+    learning_rate: float  # what this step used (group 0; the alignment group has its factor on top)
     phase: int  # LR_Schedule/Phase of this step
 
 

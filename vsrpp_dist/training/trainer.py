@@ -1,5 +1,7 @@
 """The Trainer: everything is built in __init__, the loop in `train()` reads top to bottom, and each
-concern lives in its component (checkpoints, validation, LR, adaptive system, observer, data stream).
+concern lives in its component: start-up (startup.py), the step's numbers (state.py), what the user sees
+(report.py), what happens when things go wrong (recovery.py), checkpoints, validation, the LR schedule,
+the adaptive system, the data stream.
 
 Per optimizer step there is exactly one collective of our own and one host synchronisation: a small
 vector (loss parts, gradient norm, branch activity, stop flag) is all-reduced after backward and read
@@ -14,92 +16,49 @@ import dataclasses
 import math
 import os
 import time
-import traceback
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from .. import __version__
-from ..config import Config, ConfigError, architecture_of, config_to_dict, dump_config
-from ..data.shard_format import ShardFormatError
-from ..data.stream import ClipStream, build_train_loader
-from ..data.validation_set import ValidationSet
-from ..errors import RankLostError, TrainingError
+from ..config import Config
+from ..data.stream import train_loader
+from ..errors import RankLostError
 from ..imresize import downscale
-from ..model.architecture import alignment_parameters, build_model, count_parameters
+from ..model.architecture import count_parameters
 from ..model.loss import HybridLoss, photometric_weight_at
 from ..signals import StopSignals
 from .adaptive import AdaptiveController
 from .autotune import Ranks, autotune
-from .checkpoint import WEIGHTS_FORMAT, CheckpointError, CheckpointManager, CheckpointWriteError, list_complete
+from .builder import build_optimizer, build_training_model
+from .checkpoint import CheckpointContents, CheckpointManager, list_complete
 from .ema import WeightEMA
 from .lr_schedule import LRSchedule
 from .observer import Observer
-from .run_dir import StartError, StartRequest, check_writable, decide_start, move_aside
-from .runtime import cpu_threads, memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
+from .recovery import Recovery, peer_gone_reason
+from .report import Report, log_batch_plan, log_start
+from .run_dir import StartRequest
+from .runtime import memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
+from .startup import CompatibilityCheck, apply_device_plan, open_data, prepare_run_dir, resume
 from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
-from .telemetry import TELEMETRY_KEYS, GpuTelemetry
 from .validation import Validator
-from .wrapping import BranchActivity, set_activation_checkpointing, to_channels_last
-
-# What gloo and NCCL say when the other end of a collective has gone away.
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
-
-
-def lost_a_rank(err: BaseException) -> bool:
-    import torch.distributed as dist
-
-    return isinstance(err, getattr(dist, "DistNetworkError", ())) or (
-        isinstance(err, RuntimeError) and any(text in str(err) for text in PEER_GONE))
-
-
-def peer_gone_reason(err: BaseException) -> str:
-    """The words that matter in gloo's several-line message (a source path, then advice)."""
-    return next((text for text in PEER_GONE if text in str(err)), type(err).__name__)
-
-
-def check_data(cfg: Config, world_size: int) -> None:
-    """The data settings, checked from the manifests before the run directory is touched: a wrong path or
-    a patch that does not fit costs one error line, not a half-made run directory."""
-    if not cfg.data.train_shards:
-        raise ConfigError("data.train_shards: not set; give the folder `python -m vsrpp_dist.pack` wrote")
-    try:
-        ClipStream(cfg.data.train_shards, cfg.data, seed=cfg.run.seed, rank=0, world_size=world_size, batch_size=1)
-    except ShardFormatError as err:
-        raise ConfigError(f"data.train_shards: {err}") from None
-    if cfg.data.val_shards:
-        try:
-            ValidationSet(cfg.data.val_shards)
-        except ShardFormatError as err:
-            raise ConfigError(f"data.val_shards: {err}") from None
+from .wrapping import BranchActivity
 
 
 class Trainer:
     def __init__(self, cfg: Config, request: StartRequest = StartRequest(), *, interactive: bool | None = None) -> None:
         self.cfg = cfg
         memoise_accelerate_package_checks()
-        world_env = int(os.environ.get("WORLD_SIZE", "1"))
-        self.device_plan = plan_device(cfg.train, world_env)
-        self.accelerator = Accelerator(mixed_precision=self.device_plan.mixed_precision)
-        acc = self.accelerator
-        if "WORLD_SIZE" in os.environ and world_env != acc.num_processes:
-            raise StartError(f"WORLD_SIZE={world_env} but Accelerate runs {acc.num_processes} process(es): on CPU "
-                             "use `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N` "
-                             "(see launch/cpu_2proc.yaml); `--cpu --num_processes N` silently runs one")
-        if self.device_plan.memory_fraction:
-            torch.cuda.set_per_process_memory_fraction(self.device_plan.memory_fraction, acc.device)
-        if acc.device.type == "cpu" and (threads := cpu_threads()) is not None:
-            torch.set_num_threads(threads)
-
-        check_data(cfg, acc.num_processes)
+        self.device_plan = plan_device(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
+        self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)
+        apply_device_plan(acc, self.device_plan)
+        data = open_data(cfg, rank=acc.process_index, world_size=acc.num_processes)
         self.run_dir = Path(cfg.run.dir).absolute()
-        self.start = self._prepare_run_dir(request, interactive)
+        start = prepare_run_dir(cfg, self.run_dir, request, acc, interactive)
         self.observer = Observer(self.run_dir, rank=acc.process_index, is_main=acc.is_main_process,
                                  total_steps=cfg.train.total_steps)
-        self._log_start()
+        log_start(self.observer, cfg, acc, self.device_plan, start, self.run_dir)
 
         batch_size_per_gpu, activation_checkpointing = profile_settings(cfg, self.device_plan)
         channels_last = cfg.train.channels_last
@@ -114,18 +73,13 @@ class Trainer:
             self.batches = plan_batches(cfg.train.global_batch_size, batch_size_per_gpu, acc.num_processes)
 
         set_seed(cfg.run.seed)
-        model = build_model(cfg.model)
+        model = build_training_model(cfg.model, device=acc.device, activation_checkpointing=activation_checkpointing,
+                                     channels_last=channels_last)
         self.observer.info(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
-        set_activation_checkpointing(model, activation_checkpointing)
-        if acc.device.type == "cuda" and channels_last:
-            model = to_channels_last(model)
         self.activity = BranchActivity(model)
         self.aligns = cfg.model.alignment != "implicit"
-        self._offsets_exploded = False  # the offset warning fires once per crossing of the limit
-        fused = cfg.optim.fused == "on" or (cfg.optim.fused == "auto" and acc.device.type == "cuda")
-        param_groups, self.lr_factors = self._param_groups(model)
-        optimizer = torch.optim.AdamW(param_groups, lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                      weight_decay=cfg.optim.weight_decay, fused=fused or None)
+        optimizer, self.lr_factors = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment.lr_factor,
+                                                     device_type=acc.device.type)
         model = self._maybe_compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = list(self.model.parameters())
@@ -138,20 +92,24 @@ class Trainer:
         self.schedule = LRSchedule(cfg.optim, cfg.plateau, cfg.guard, cfg.train.total_steps)
         self.adaptive = AdaptiveController(cfg.adaptive, cfg.loss)
         self.ema = WeightEMA(acc.unwrap_model(self.model), cfg.ema)
-        self.telemetry = GpuTelemetry(acc.device)
-        self.checkpoints = CheckpointManager(self.run_dir, acc, cfg.checkpoint, self.observer,
-                                             export_weights=self.export_weights, describe=self._describe)
+        self.contents = CheckpointContents(cfg, acc, self.model, self.ema, self.batches, self.state)
+        self.checkpoints = CheckpointManager(self.run_dir, acc, cfg.checkpoint, self.observer, self.contents)
         for stateful in (self.state, self.schedule, self.adaptive, self.checkpoints, self.ema):
             acc.register_for_checkpointing(stateful)
-        self.validator = (Validator(cfg.data.val_shards, cfg.validation, acc, self.observer)
-                          if cfg.data.val_shards and cfg.validation.every else None)
-        if self.start.mode == "resume":
-            self._resume(self.start.resume_from)
-        self._log_plan(activation_checkpointing)
-        self.loader = build_train_loader(
-            cfg.data.train_shards, cfg.data, seed=cfg.run.seed, rank=acc.process_index,
-            world_size=acc.num_processes, batch_size=self.batches.batch_size_per_gpu,
-            start_batch=self.state.batches_consumed, pin_memory=cfg.data.pin_memory and acc.device.type == "cuda")
+        self.validator = (Validator(data.validation_set, cfg.validation, acc, self.observer)
+                          if data.validation_set is not None else None)
+        self.report = Report(cfg, self.observer, acc, run_dir=self.run_dir, state=self.state, batches=self.batches,
+                             adaptive=self.adaptive, checkpoints=self.checkpoints)
+        compatibility = CompatibilityCheck(cfg)
+        self.recovery = Recovery(cfg, acc, self.observer, state=self.state, schedule=self.schedule,
+                                 checkpoints=self.checkpoints, contents=self.contents, report=self.report,
+                                 compatibility=compatibility)
+        if start.mode == "resume":
+            resume(self.checkpoints, start.resume_from, compatibility, cfg=cfg, world_size=acc.num_processes,
+                   batches=self.batches, state=self.state, observer=self.observer)
+        log_batch_plan(self.observer, self.batches, activation_checkpointing)
+        self.loader = train_loader(data.stream.batched(self.batches.batch_size_per_gpu, self.state.batches_consumed),
+                                   cfg.data, pin_memory=cfg.data.pin_memory and acc.device.type == "cuda")
         self.signals: StopSignals | None = None
 
     # ------------------------------------------------------------------------------------------------
@@ -181,17 +139,19 @@ class Trainer:
                 result = self.train_step(batches)
                 meter.add(result)
                 if result.finite:
-                    self._after_update(result)
-                    self._log(meter, result)
+                    stats = result.stats
+                    self.adaptive.observe(stats.l1, stats.ms, stats.grad, stats.sharpness, stats.grad_norm)
+                    self.adaptive.maybe_update(state.step)
+                    self.report.interval(meter, result)
                     final = state.step == cfg.train.total_steps
                     validation = self._maybe_validate(final)
                     ki_psnr = validation["KI_PSNR"] if validation else None
-                    self._checkpoint_event(self.checkpoints.maybe_save(state.step, ki_psnr, final=final))
-                    self._status(result)
+                    self.recovery.checkpoint_written(self.checkpoints.maybe_save(state.step, ki_psnr, final=final))
+                    self.report.status(result)
                 else:
-                    self._handle_nonfinite(result)
+                    self.recovery.nonfinite_step(result)
                 if result.stop:
-                    return self._stop_for_signal()
+                    return self.recovery.stop_for_signal(self.signals)
             if self.checkpoints.failed_final:
                 # The trained weights exist only in memory now: not a success, whatever else went well.
                 on_disk = list_complete(self.run_dir)  # newest first
@@ -199,12 +159,11 @@ class Trainer:
                 obs.error(f"training reached step {state.step} but its final checkpoint could not be written; "
                           f"newest checkpoint on disk: {fallback}; free space and run again with --resume")
                 return 1
-            obs.info(f"finished: step {state.step}, {state.clips_seen:,} clips, "
-                     f"{state.train_seconds / 3600:.2f} h ({state.train_seconds:.1f} s) of training")
+            self.report.finished()
             return 0
         except BaseException as err:
-            self._crash_checkpoint(err)
-            if self._lost_a_rank(err):
+            self.recovery.crashed(err)
+            if self.recovery.lost_a_rank(err):
                 raise RankLostError(f"another rank stopped at step {state.step} ({peer_gone_reason(err)}); this rank "
                                     "stops too; see that rank's output for why, then continue with --resume") from err
             raise
@@ -217,9 +176,9 @@ class Trainer:
         acc, model = self.accelerator, self.model
         started = time.perf_counter()
         # The one place the LR is computed; the result carries it to the logs and the status file.
-        lr_value, phase = self.schedule.lr(self.state.step), self.schedule.phase(self.state.step)
+        learning_rate, phase = self.schedule.lr(self.state.step), self.schedule.phase(self.state.step)
         for group, factor in zip(self.optimizer.param_groups, self.lr_factors):
-            group["lr"] = lr_value * factor
+            group["lr"] = learning_rate * factor
         weights = self.adaptive.weights
         photometric_weight = photometric_weight_at(self.state.step, self.cfg.alignment) if self.aligns else 0.0
         sums = torch.zeros(len(StepStats.PARTS), device=acc.device)
@@ -268,15 +227,13 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if finite:
+            self.state.nonfinite_in_row = 0
             if self.ema.enabled:
                 self.ema.update(acc.unwrap_model(model))
             self.state.step += 1
             self.state.clips_seen += self.batches.global_batch_size
         self.state.train_seconds += time.perf_counter() - started
-        return StepResult(stats, finite, reduced["stop"] > 0, data_wait, lr_value, phase)
-
-    # ------------------------------------------------------------------------------------------------
-    # Pieces of the loop
+        return StepResult(stats, finite, reduced["stop"] > 0, data_wait, learning_rate, phase)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.accelerator.device
@@ -289,49 +246,6 @@ class Trainer:
             lr_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
         return gt_btchw, lr_btchw
 
-    def _after_update(self, result: StepResult) -> None:
-        stats, state = result.stats, self.state
-        state.nonfinite_in_row = 0
-        self.adaptive.observe(stats.l1, stats.ms, stats.grad, stats.sharpness, stats.grad_norm)
-        self.adaptive.maybe_update(state.step)
-
-    def _handle_nonfinite(self, result: StepResult) -> None:
-        state, guard = self.state, self.cfg.guard
-        state.nonfinite_total += 1
-        state.nonfinite_in_row += 1
-        self.observer.warn(f"step {state.step + 1}: non-finite loss or gradient (loss {result.stats.total:.4g}, "
-                           f"gradient norm {result.stats.grad_norm:.4g}); step skipped "
-                           f"({state.nonfinite_in_row} in a row, {state.nonfinite_total} in total)")
-        self.observer.scalars(state.step, {"Guard/NonFinite_Steps": state.nonfinite_total})
-        if state.nonfinite_in_row >= guard.max_nonfinite_in_row:
-            self._rollback()
-
-    def _rollback(self) -> None:
-        """Repeated non-finite steps: back to the newest checkpoint, with a lower LR; the data stream
-        keeps going forward so the batches that blew up are not replayed."""
-        guard = self.cfg.guard
-        if self.state.rollbacks >= guard.max_rollbacks:
-            raise TrainingError(f"{guard.max_nonfinite_in_row} non-finite steps in a row after {self.state.rollbacks} "
-                                f"rollbacks (guard.max_rollbacks={guard.max_rollbacks}); the run keeps diverging: "
-                                "lower optim.lr_peak or check the data, then continue with --resume")
-        keep = {k: getattr(self.state, k) for k in ("batches_consumed", "nonfinite_total", "rollbacks",
-                                                     "skipped_samples", "bad_shards", "train_seconds")}
-        try:
-            info = self.checkpoints.load("latest", self._check_compatible)
-        except CheckpointError as err:
-            raise TrainingError(f"{guard.max_nonfinite_in_row} non-finite steps in a row and no checkpoint "
-                                f"to roll back to ({err}); lower optim.lr_peak or check the data") from None
-        for key, value in keep.items():
-            setattr(self.state, key, value)
-        self.state.rollbacks += 1
-        self.state.nonfinite_in_row = 0
-        # The checkpoint restored the schedule's rollback count as it was when it was written; the run's
-        # own count (kept above) is the truth, so every rollback lowers the LR again, even to one checkpoint.
-        self.schedule.state.rollbacks = self.state.rollbacks
-        self.observer.warn(f"rolled back to {info.path.name} (step {self.state.step}) after "
-                           f"{self.cfg.guard.max_nonfinite_in_row} non-finite steps; LR now "
-                           f"{self.schedule.lr(self.state.step):.3g} (rollback {self.state.rollbacks})")
-        self.observer.scalars(self.state.step, {"Guard/Rollbacks": self.state.rollbacks})
 
     def _maybe_validate(self, final: bool) -> dict[str, float] | None:
         step = self.state.step
@@ -340,253 +254,16 @@ class Trainer:
         started = time.perf_counter()
         result = self.validator.run(self.eval_model(), step)
         self.state.last_validation = {"step": step, **result}
-        self.observer.scalars(step, {f"Metrics/{k}": result[k] for k in
-                                     ("LR_PSNR", "LR_SSIM", "KI_PSNR", "KI_SSIM", "LR_PSNR_RGB", "LR_SSIM_RGB",
-                                      "KI_PSNR_RGB", "KI_SSIM_RGB")})
-        self.observer.scalars(step, {f"Quality/{k}": result[k] for k in ("LR_Quality", "KI_Quality", "Improvement")})
-        self.observer.info(f"validation at step {step}: KI_PSNR {result['KI_PSNR']:.3f} dB (bicubic "
-                           f"{result['LR_PSNR']:.3f}, {result['Improvement']:+.3f}), KI_SSIM {result['KI_SSIM']:.4f} "
-                           f"on {int(result['sequences'])} sequences / {int(result['frames'])} frames "
-                           f"({time.perf_counter() - started:.1f} s)")
+        self.report.validation(result, time.perf_counter() - started)
         if self.schedule.observe_validation(result["KI_PSNR"]):
             self.adaptive.on_plateau()
             self.observer.warn(f"plateau: KI_PSNR has not improved by {self.cfg.plateau.threshold_db} dB for "
-                               f"{self.cfg.plateau.patience} validations; LR x{self.cfg.plateau.factor} "
+                               f"{self.cfg.plateau.patience} validations; learning rate x{self.cfg.plateau.factor} "
                                f"(now {self.schedule.lr(step):.3g}), adaptive weights and clip statistics reset")
         return result
 
-    def _checkpoint_event(self, path: Path | None) -> None:
-        """After a collective save (every rank is here): log the event and check the replicas agree."""
-        if path is None:
-            return
-        kinds = ("rolling", "best", "regular", "final", "emergency")
-        kind = path.name.split("-")[0]
-        self.observer.scalars(self.state.step, {"Events/Checkpoints": kinds.index(kind) + 1})
-        self._verify_replicas()
-
-    def _verify_replicas(self) -> None:
-        """DDP keeps every rank's weights identical; a silent desync (a bug, a bad node) would make
-        checkpoints reflect rank 0 alone. Compare per-tensor sums of all ranks, exactly."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return
-        fingerprint = torch.stack([p.detach().double().sum() for p in acc.unwrap_model(self.model).parameters()])
-        table = acc.gather(fingerprint.unsqueeze(0))
-        if bool((table == table[0]).all()):
-            self.observer.info(f"weights identical on all {acc.num_processes} ranks at step {self.state.step} "
-                               f"(fingerprint {float(table[0].sum()):.12g})")
-        else:
-            differing = [r for r in range(table.shape[0]) if not torch.equal(table[r], table[0])]
-            self.observer.warn(f"weights differ between ranks at step {self.state.step} (ranks {differing} vs 0); "
-                               "the gradients are not being synchronised", all_ranks=False)
-
-    def _stop_for_signal(self) -> int:
-        name = self.signals.received if self.signals and self.signals.received else "a signal on another rank"
-        self.observer.warn(f"stop requested ({name}): writing an emergency checkpoint at step {self.state.step}",
-                           all_ranks=False)
-        code = self.signals.exit_code if self.signals and self.signals.received else 143
-        try:
-            path = self.checkpoints.save(self.state.step, ["emergency"])
-        except CheckpointWriteError as err:
-            self.observer.error(f"emergency {err}")
-            return 1
-        self._checkpoint_event(path)
-        self.observer.warn(f"emergency checkpoint written: {path}; continue with --resume", all_ranks=False)
-        return code
-
-    def _lost_a_rank(self, err: BaseException) -> bool:
-        return self.accelerator.num_processes > 1 and lost_a_rank(err)
-
-    def _crash_checkpoint(self, err: BaseException) -> None:
-        """On an uncaught error, rank 0 saves what it holds without waiting for other ranks (they may be
-        gone). Not after a forced second Ctrl-C (the user asked to leave now), nor after a TrainingError
-        (a diverged run whose state would only diverge again)."""
-        if isinstance(err, (KeyboardInterrupt, TrainingError)):
-            self.observer.error(f"stopped: {err}")
-            return
-        if self._lost_a_rank(err):  # not a bug here: the traceback would only point at the next collective
-            self.observer.error(f"lost contact with another rank at step {self.state.step}: {peer_gone_reason(err)}")
-        else:
-            self.observer.error(f"training failed at step {self.state.step}: {type(err).__name__}: {err}\n"
-                                + "".join(traceback.format_exception(err)))
-        try:
-            path = self.checkpoints.save(self.state.step, ["emergency"], collective=False)
-            if self.accelerator.is_main_process:
-                self.observer.error(f"emergency checkpoint written: {path}")
-        except Exception as save_err:  # never hide the original error behind a failed save
-            self.observer.error(f"emergency checkpoint failed: {type(save_err).__name__}: {save_err}")
-
     # ------------------------------------------------------------------------------------------------
-    # Logging
-
-    def _status(self, result: StepResult) -> None:
-        step = self.state.step
-        if step % self.cfg.train.status_every == 0 or step == self.cfg.train.total_steps:
-            self.observer.status(self._status_fields(result))
-
-    def _log(self, meter: IntervalMeter, result: StepResult) -> None:
-        state, cfg, obs = self.state, self.cfg, self.observer
-        step = state.step
-        if step % cfg.train.log_every != 0 and step != 1:
-            obs.progress(step)
-            return
-        elapsed = time.perf_counter() - meter.started
-        s_per_iter = elapsed / max(1, meter.steps)
-        weights = self.adaptive.weights
-        scalars = {
-            "Loss/L1": meter.mean("l1"), "Loss/MS": meter.mean("ms"), "Loss/Grad": meter.mean("grad"),
-            "Loss/Total": meter.mean("total"),
-            "Training/LearningRate": result.lr,
-            "Adaptive/L1_Weight": weights.l1, "Adaptive/MS_Weight": weights.ms, "Adaptive/Grad_Weight": weights.grad,
-            "Adaptive/GradientClip": self.adaptive.clip_threshold,
-            "Adaptive/AggressiveMode": float(self.adaptive.aggressive),
-            "Adaptive/Sharpness": meter.mean("sharpness"),
-            "Gradients/TotalNorm": meter.mean("grad_norm"),
-            "Activity/Backward_Trunk_Avg": meter.mean("backward_activity"),
-            "Activity/Forward_Trunk_Avg": meter.mean("forward_activity"),
-            **self._alignment_scalars(meter),
-            "LR_Schedule/Phase": float(result.phase),
-            "System/Speed_s_per_iter": s_per_iter,
-            "System/Clips_per_s": self.batches.global_batch_size / s_per_iter,
-            "System/Data_Wait_Fraction": meter.data_wait_s / max(elapsed, 1e-9),
-            "Data/Skipped_Samples": float(state.skipped_samples),
-            "Data/Bad_Shards": float(state.bad_shards),
-        }
-        scalars.update(self._telemetry_scalars())
-        obs.scalars(step, scalars)
-        obs.info(f"step {step}/{cfg.train.total_steps}  loss {scalars['Loss/Total']:.5f} (L1 {scalars['Loss/L1']:.5f})  "
-                 f"lr {scalars['Training/LearningRate']:.3g}  {s_per_iter:.3f} s/iter  "
-                 f"{scalars['System/Clips_per_s']:.1f} clips/s  data wait {100 * scalars['System/Data_Wait_Fraction']:.0f}%")
-        obs.progress(step, f"loss {scalars['Loss/Total']:.4f}")
-        self._last_interval = {"s_per_iter": s_per_iter, "clips_per_s": scalars["System/Clips_per_s"],
-                               "data_wait": scalars["System/Data_Wait_Fraction"], "total": scalars["Loss/Total"]}
-        meter.reset()
-
-    def _alignment_scalars(self, meter: IntervalMeter) -> dict[str, float]:
-        """The explicit alignment's figures, and a warning when its offsets run away (EDVR's authors see
-        offsets beyond 50-100 px as the sign of a diverging alignment that ruins the model)."""
-        if not self.aligns:
-            return {}
-        scalars = {"Loss/Photometric": meter.mean("photometric"),
-                   "Training/Photometric_Weight": meter.mean("photometric_weight"),
-                   "Activity/Flow_Magnitude": meter.mean("flow_magnitude")}
-        if self.cfg.model.alignment == "flow_deform":
-            offset_mean = scalars["Activity/Offset_Mean"] = meter.mean("offset_mean")
-            limit = self.cfg.alignment.offset_warn_px
-            exploded = offset_mean > limit
-            if exploded and not self._offsets_exploded:
-                self.observer.warn(f"step {self.state.step}: mean deformable offset {offset_mean:.1f} LR px exceeds "
-                                   f"alignment.offset_warn_px={limit:g}: the alignment is diverging; lower "
-                                   "alignment.lr_factor or optim.lr_peak (or resume from an earlier checkpoint)",
-                                   all_ranks=False)
-            self._offsets_exploded = exploded
-        return scalars
-
-    def _telemetry_scalars(self) -> dict[str, float]:
-        """Per-rank GPU figures gathered to rank 0 (a collective on every rank; nothing without a GPU)."""
-        if self.accelerator.device.type != "cuda":
-            return {}
-        reading = self.telemetry.read()
-        local = torch.tensor([reading.get(k, float("nan")) for k in TELEMETRY_KEYS], device=self.accelerator.device)
-        table = self.accelerator.gather(local.unsqueeze(0)).cpu().tolist()
-        out = {}
-        for rank, row in enumerate(table):
-            prefix = "System/" if rank == 0 else f"System/Rank{rank}_"
-            out.update({prefix + k: v for k, v in zip(TELEMETRY_KEYS, row) if v == v})
-        self._telemetry_text = ", ".join(f"{k} {v:.1f}" for k, v in zip(TELEMETRY_KEYS, table[0]) if v == v)
-        return out
-
-    def _status_fields(self, result: StepResult) -> dict[str, Any]:
-        state, cfg = self.state, self.cfg
-        last = getattr(self, "_last_interval", {})
-        s_per_iter = last.get("s_per_iter", float("nan"))
-        remaining = cfg.train.total_steps - state.step
-        eta = remaining * s_per_iter if s_per_iter == s_per_iter else float("nan")
-        weights = self.adaptive.weights
-        val = state.last_validation
-        return {
-            "run": str(self.run_dir),
-            "step": f"{state.step} / {cfg.train.total_steps}",
-            "phase": ("warm-up", "cosine", "plateau-reduced")[result.phase],
-            "loss (last step)": f"total {result.stats.total:.5f}  L1 {result.stats.l1:.5f}  "
-                                f"MS {result.stats.ms:.5f}  Grad {result.stats.grad:.5f}",
-            "loss weights": f"L1 {weights.l1:.3f}  MS {weights.ms:.3f}  Grad {weights.grad:.3f}",
-            "learning rate": f"{result.lr:.4g}",
-            "gradient clip": f"{self.adaptive.clip_threshold:.4g}",
-            "aggressive mode": "on" if self.adaptive.aggressive else "off",
-            "speed": f"{s_per_iter:.3f} s/iter, {last.get('clips_per_s', float('nan')):.1f} clips/s, "
-                     f"data wait {100 * last.get('data_wait', float('nan')):.0f}%",
-            "ETA": _format_duration(eta),
-            "VRAM": getattr(self, "_telemetry_text", "") or "n/a (CPU)",
-            "last validation": (f"step {val['step']}: KI_PSNR {val['KI_PSNR']:.3f} dB, bicubic {val['LR_PSNR']:.3f} dB"
-                                if val else "none yet"),
-            "best so far": (f"KI_PSNR {self.checkpoints.best_metric:.3f} dB at step {self.checkpoints.best_step}"
-                            if self.checkpoints.best_step >= 0 else "none yet"),
-            "last checkpoint": self.checkpoints.last_saved or "none yet",
-            "non-finite steps": f"{state.nonfinite_total} (rollbacks {state.rollbacks})",
-            "data skipped": f"{state.skipped_samples} corrupt samples, {state.bad_shards} bad shards",
-        }
-
-    def _log_start(self) -> None:
-        acc, obs, cfg = self.accelerator, self.observer, self.cfg
-        obs.info(f"vsrpp-dist {__version__}, torch {torch.__version__}, run {self.run_dir} ({self.start.mode}"
-                 + (f", old run moved to {self.start.moved_to}" if self.start.moved_to else "") + ")")
-        obs.info(f"{acc.num_processes} process(es), device {acc.device}"
-                 + (f" ({torch.get_num_threads()} threads)" if acc.device.type == "cpu" else "")
-                 + f", {self.device_plan.profile} profile, "
-                 f"mixed precision {self.device_plan.mixed_precision}"
-                 + (f", {self.device_plan.gpu_name} {self.device_plan.gpu_memory_bytes / 2**30:.1f} GB"
-                    if self.device_plan.gpu_name else "")
-                 + (f", memory capped at {self.device_plan.memory_fraction:.3f} of the GPU"
-                    if self.device_plan.memory_fraction else ""))
-        obs.info("config:\n" + dump_config(cfg).rstrip())
-
-    def _log_plan(self, activation_checkpointing: bool) -> None:
-        plan = self.batches
-        self.observer.info(f"batch: {plan.batch_size_per_gpu} per rank x {plan.grad_accum_steps} accumulation x "
-                           f"{plan.world_size} ranks = {plan.global_batch_size} clips per step; "
-                           f"activation checkpointing {'on' if activation_checkpointing else 'off'}")
-        if not plan.exact:
-            self.observer.warn(f"train.global_batch_size={plan.requested_global} is not reachable with "
-                               f"{plan.batch_size_per_gpu} per rank on {plan.world_size} ranks; using "
-                               f"{plan.global_batch_size}")
-
-    # ------------------------------------------------------------------------------------------------
-    # Start-up helpers
-
-    def _prepare_run_dir(self, request: StartRequest, interactive: bool | None):
-        acc = self.accelerator
-        decision = decide_start(self.run_dir, request, num_processes=acc.num_processes, interactive=interactive)
-        acc.wait_for_everyone()  # everyone has looked before rank 0 changes anything
-        moved = None
-        if acc.is_main_process:
-            if decision.mode == "fresh":
-                moved = move_aside(self.run_dir)
-            check_writable(self.run_dir)
-            self._write_config()
-        acc.wait_for_everyone()
-        return dataclasses.replace(decision, moved_to=moved)
-
-    def _write_config(self) -> None:
-        from ..files import atomic_write_text
-
-        path = self.run_dir / "config.yaml"
-        text = dump_config(self.cfg)
-        if path.exists() and path.read_text() != text:
-            previous = path.with_name(f"config.previous-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
-            os.replace(path, previous)  # kept, not overwritten: the old run's settings stay readable
-        atomic_write_text(path, text)
-
-    def _param_groups(self, model: torch.nn.Module) -> tuple[list[dict], list[float]]:
-        """One optimizer group, or two when the model aligns explicitly: the flow network and the
-        deformable offsets learn at `alignment.lr_factor` x the LR. Freezing them is a factor of 0, never
-        requires_grad=False mid-run (DDP would then wait forever for gradients that never come)."""
-        aligned = alignment_parameters(model)
-        if not aligned:
-            return [{"params": list(model.parameters())}], [1.0]
-        ids = {id(p) for p in aligned}
-        rest = [p for p in model.parameters() if id(p) not in ids]
-        return [{"params": rest}, {"params": aligned}], [1.0, self.cfg.alignment.lr_factor]
+    # Building
 
     def _maybe_compile(self, model: torch.nn.Module) -> torch.nn.Module:
         if not self.cfg.train.compile:
@@ -603,58 +280,10 @@ class Trainer:
                                "training eagerly")
             return model
 
-    def _check_compatible(self, meta: dict) -> None:
-        saved = architecture_of(meta.get("config", {}).get("model", {}))
-        now = architecture_of(config_to_dict(self.cfg)["model"])
-        if saved["alignment"] != now["alignment"]:
-            raise CheckpointError(f"model.alignment is {now['alignment']!r} but the checkpoint was trained with "
-                                  f"{saved['alignment']!r}; set model.alignment={saved['alignment']} to continue it")
-        for key, value in now.items():
-            if saved.get(key) != value:
-                raise CheckpointError(f"model.{key} is {value!r} but the checkpoint was trained with "
-                                      f"{saved.get(key)!r}")
-
-    def _resume(self, request: str) -> None:
-        info = self.checkpoints.load(request, self._check_compatible)
-        saved = info.meta
-        for key, now in (("world_size", self.accelerator.num_processes), ("num_workers", self.cfg.data.num_workers),
-                         ("batch_size_per_gpu", self.batches.batch_size_per_gpu),
-                         ("grad_accum_steps", self.batches.grad_accum_steps)):
-            if key in saved and saved[key] != now:
-                self.observer.warn(f"resume: {key} was {saved[key]}, now {now}; the data stream and step "
-                                   "contents will differ from an uninterrupted run")
-        self.state.world_size = self.accelerator.num_processes
-        self.state.num_workers = self.cfg.data.num_workers
-        self.state.batch_size_per_gpu = self.batches.batch_size_per_gpu
-        self.state.grad_accum_steps = self.batches.grad_accum_steps
-        self.checkpoints.last_saved = info.path.name
-        self.observer.info(f"resumed from {info.path} at step {self.state.step} "
-                           f"(batch {self.state.batches_consumed} of the stream)")
-
-    def _describe(self) -> dict:
-        return {"config": config_to_dict(self.cfg), "world_size": self.accelerator.num_processes,
-                "num_workers": self.cfg.data.num_workers, "batch_size_per_gpu": self.batches.batch_size_per_gpu,
-                "grad_accum_steps": self.batches.grad_accum_steps, "batches_consumed": self.state.batches_consumed,
-                "torch": torch.__version__, "vsrpp_dist": __version__}
-
     def eval_model(self) -> torch.nn.Module:
         """The weights validation and export use: the EMA when enabled, else the live model."""
-        return self.ema.module if self.ema.enabled else self.accelerator.unwrap_model(self.model)
-
-    def export_weights(self) -> dict:
-        model = self.eval_model()
-        model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-        return {"format": WEIGHTS_FORMAT, "version": 1, "model_config": config_to_dict(self.cfg)["model"],
-                "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
-                "ema": self.ema.enabled, "step": self.state.step}
+        return self.contents.eval_model()
 
     def close(self) -> None:
         self.activity.remove()
         self.observer.close()
-
-
-def _format_duration(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
-        return "n/a"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m {seconds % 60:02d}s"

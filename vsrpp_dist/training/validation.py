@@ -51,11 +51,11 @@ def score(sr: torch.Tensor, gt: torch.Tensor, crop_border: int) -> list[torch.Te
 
 
 class Validator:
-    def __init__(self, folder: str, cfg, accelerator, observer) -> None:
+    def __init__(self, dataset: ValidationSet, cfg, accelerator, observer) -> None:
         self.cfg = cfg
         self.accelerator = accelerator
         self.observer = observer
-        self.dataset = ValidationSet(folder, cfg.max_sequences)
+        self.dataset = dataset
         seqs = self.dataset.sequences
         observer.info(f"validation set: {len(seqs)} sequences, {sum(s['num_frames'] for s in seqs)} frames "
                       f"from {self.dataset.folder}")

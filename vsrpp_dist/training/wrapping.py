@@ -29,10 +29,6 @@ def set_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
             part.forward = checkpointed
 
 
-def activation_checkpointing_enabled(model: nn.Module) -> bool:
-    return all("forward" in getattr(model, name).__dict__ for name in CHECKPOINTED_PARTS)
-
-
 def to_channels_last(model: nn.Module) -> nn.Module:
     """NHWC weights: cuDNN then runs the convolutions in the tensor cores' native layout."""
     return model.to(memory_format=torch.channels_last)

@@ -1,0 +1,123 @@
+"""Everything a run settles before its first step, in the order the trainer calls it: the device and
+process count, the data (checked and opened once, before the run directory is touched, so a wrong path
+costs one error line and not a half-made run directory), the run directory, and resuming with its
+compatibility checks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import Config, ConfigError, architecture_of, config_to_dict, dump_config
+from ..data.stream import ClipStream
+from ..data.validation_set import ValidationSet
+from ..errors import CheckpointError, ShardFormatError, StartError
+from ..files import atomic_write_text
+from .run_dir import StartDecision, StartRequest, check_writable, decide_start, move_aside
+from .runtime import DevicePlan, cpu_threads
+
+
+def apply_device_plan(accelerator, plan: DevicePlan) -> None:
+    """The process count Accelerate really runs must be the one the launcher promised, and the memory
+    cap and CPU threads are set before anything allocates."""
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) != accelerator.num_processes:
+        raise StartError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but Accelerate runs {accelerator.num_processes} "
+                         "process(es): on CPU use `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+                         "--num_processes N` (see launch/cpu_2proc.yaml); `--cpu --num_processes N` silently runs one")
+    if plan.memory_fraction:
+        torch.cuda.set_per_process_memory_fraction(plan.memory_fraction, accelerator.device)
+    if accelerator.device.type == "cpu" and (threads := cpu_threads()) is not None:
+        torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The run's data, opened once: this rank's clip stream (not yet cut into batches: the batch size
+    is known after auto-tune) and the validation set, if any."""
+
+    stream: ClipStream
+    validation_set: ValidationSet | None
+
+
+def open_data(cfg: Config, *, rank: int, world_size: int) -> RunData:
+    """The data settings checked from the manifests; a problem names the config key at fault."""
+    if not cfg.data.train_shards:
+        raise ConfigError("data.train_shards: not set; give the folder `python -m vsrpp_dist.pack` wrote")
+    try:
+        stream = ClipStream(cfg.data.train_shards, cfg.data, seed=cfg.run.seed, rank=rank, world_size=world_size,
+                            batch_size=1)
+    except ShardFormatError as err:
+        raise ConfigError(f"data.train_shards: {err}") from None
+    validation_set = None
+    if cfg.data.val_shards and cfg.validation.every:
+        try:
+            validation_set = ValidationSet(cfg.data.val_shards, cfg.validation.max_sequences)
+        except ShardFormatError as err:
+            raise ConfigError(f"data.val_shards: {err}") from None
+    return RunData(stream, validation_set)
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, request: StartRequest, accelerator,
+                    interactive: bool | None) -> StartDecision:
+    """Decide new / resume / fresh on every rank from the same files, then let rank 0 alone move an old
+    run aside, check the folder is writable and write config.yaml, between two barriers."""
+    decision = decide_start(run_dir, request, num_processes=accelerator.num_processes, interactive=interactive)
+    accelerator.wait_for_everyone()  # everyone has looked before rank 0 changes anything
+    moved = None
+    if accelerator.is_main_process:
+        if decision.mode == "fresh":
+            moved = move_aside(run_dir)
+        check_writable(run_dir)
+        write_config(cfg, run_dir)
+    accelerator.wait_for_everyone()
+    return dataclasses.replace(decision, moved_to=moved)
+
+
+def write_config(cfg: Config, run_dir: Path) -> None:
+    path = run_dir / "config.yaml"
+    text = dump_config(cfg)
+    if path.exists() and path.read_text() != text:
+        previous = path.with_name(f"config.previous-{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+        os.replace(path, previous)  # kept, not overwritten: the old run's settings stay readable
+    atomic_write_text(path, text)
+
+
+class CompatibilityCheck:
+    """Refuses a checkpoint whose architecture differs from the configured one, in one line that names
+    the key to set (alignment first: it is the likeliest mix-up, and its fix is a single value)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.now = architecture_of(config_to_dict(cfg)["model"])
+
+    def __call__(self, meta: dict) -> None:
+        saved = architecture_of(meta.get("config", {}).get("model", {}))
+        if saved["alignment"] != self.now["alignment"]:
+            raise CheckpointError(f"model.alignment is {self.now['alignment']!r} but the checkpoint was trained "
+                                  f"with {saved['alignment']!r}; set model.alignment={saved['alignment']} to "
+                                  "continue it")
+        for key, value in self.now.items():
+            if saved.get(key) != value:
+                raise CheckpointError(f"model.{key} is {value!r} but the checkpoint was trained with "
+                                      f"{saved.get(key)!r}")
+
+
+def resume(checkpoints, request: str, check: CompatibilityCheck, *, cfg: Config, world_size: int, batches,
+           state, observer) -> None:
+    """Load the checkpoint (every registered component restores itself), warn where the run's shape
+    changed (the stream then differs from an uninterrupted run), and record the shape it has now."""
+    info = checkpoints.load(request, check)
+    now = {"world_size": world_size, "num_workers": cfg.data.num_workers,
+           "batch_size_per_gpu": batches.batch_size_per_gpu, "grad_accum_steps": batches.grad_accum_steps}
+    for key, value in now.items():
+        if key in info.meta and info.meta[key] != value:
+            observer.warn(f"resume: {key} was {info.meta[key]}, now {value}; the data stream and step "
+                          "contents will differ from an uninterrupted run")
+        setattr(state, key, value)
+    checkpoints.last_saved = info.path.name
+    observer.info(f"resumed from {info.path} at step {state.step} (batch {state.batches_consumed} of the stream)")
