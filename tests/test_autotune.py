@@ -335,7 +335,7 @@ def test_lookup_cache_reasons(tmp_path):
     assert result is None and "unreadable" in why
     result = tune([C(8)], FakeGpu())
     at.write_result(tmp_path, dataclasses.replace(result, key=key))
-    assert at.load_cached(tmp_path, key).chosen == C(8)
+    assert at.lookup_cache(tmp_path, key)[0].chosen == C(8)
     for field, value in (("torch_version", "2.15.0"), ("precision", "fp16"), ("world_size", 4),
                          ("lr_patch_size", 48)):
         changed = dict(key, **{field: value})

@@ -15,14 +15,14 @@ def schedule(*overrides):
 
 def test_warmup_then_cosine_to_the_minimum():
     s = schedule()
-    assert s.lr(0) == pytest.approx(1e-4 / 1000)
-    assert s.lr(499) == pytest.approx(0.5e-4)
-    assert s.lr(999) == pytest.approx(1e-4)
-    assert s.lr(1000) == pytest.approx(1e-4)
+    assert s.learning_rate(0) == pytest.approx(1e-4 / 1000)
+    assert s.learning_rate(499) == pytest.approx(0.5e-4)
+    assert s.learning_rate(999) == pytest.approx(1e-4)
+    assert s.learning_rate(1000) == pytest.approx(1e-4)
     mid = 1000 + (11000 - 1000 - 1) / 2
-    assert s.lr(int(mid)) == pytest.approx((1e-4 + 1e-6) / 2, rel=1e-3)
-    assert s.lr(10999) == pytest.approx(1e-6)
-    values = [s.lr(i) for i in range(1000, 11000, 250)]
+    assert s.learning_rate(int(mid)) == pytest.approx((1e-4 + 1e-6) / 2, rel=1e-3)
+    assert s.learning_rate(10999) == pytest.approx(1e-6)
+    values = [s.learning_rate(i) for i in range(1000, 11000, 250)]
     assert all(a >= b for a, b in zip(values, values[1:]))
     assert [s.phase(0), s.phase(999), s.phase(1000)] == [PHASE_WARMUP, PHASE_WARMUP, PHASE_COSINE]
 
@@ -33,11 +33,11 @@ def test_plateau_halves_the_lr_after_patience_and_respects_the_floor():
     assert not s.observe_validation(30.05)  # below the threshold: no improvement
     assert s.observe_validation(30.02)  # second validation without improvement: reduce
     assert s.state.reductions == 1 and s.phase(2000) == PHASE_PLATEAU
-    assert s.lr(2000) == pytest.approx(base_lr(2000, 1e-4, 1e-6, 1000, 11000) * 0.5)
+    assert s.learning_rate(2000) == pytest.approx(base_lr(2000, 1e-4, 1e-6, 1000, 11000) * 0.5)
     assert not s.observe_validation(31.0)  # a real improvement resets the count
     s.state.reductions = 10
-    assert s.lr(2000) == pytest.approx(2e-6)  # the floor
-    assert s.lr(10999) == pytest.approx(1e-6)  # never above the curve itself
+    assert s.learning_rate(2000) == pytest.approx(2e-6)  # the floor
+    assert s.learning_rate(10999) == pytest.approx(1e-6)  # never above the curve itself
 
 
 def test_state_round_trip_gives_the_same_curve():
@@ -47,13 +47,13 @@ def test_state_round_trip_gives_the_same_curve():
     a.state.rollbacks = 1  # as the trainer sets it after a rollback
     b = schedule("plateau.patience=1")
     b.load_state_dict(a.state_dict())
-    assert all(a.lr(i) == b.lr(i) for i in range(0, 11000, 37))
-    assert b.lr(5000) == pytest.approx(base_lr(5000, 1e-4, 1e-6, 1000, 11000) * 0.25)
+    assert all(a.learning_rate(i) == b.learning_rate(i) for i in range(0, 11000, 37))
+    assert b.learning_rate(5000) == pytest.approx(base_lr(5000, 1e-4, 1e-6, 1000, 11000) * 0.25)
 
 
 def test_disabled_plateau_never_reduces():
     s = schedule("plateau.enabled=false", "plateau.patience=1")
     for value in (30, 29, 28, 27):
         assert not s.observe_validation(value)
-    assert s.lr(3000) == base_lr(3000, 1e-4, 1e-6, 1000, 11000)
-    assert math.isfinite(s.lr(0))
+    assert s.learning_rate(3000) == base_lr(3000, 1e-4, 1e-6, 1000, 11000)
+    assert math.isfinite(s.learning_rate(0))

@@ -271,7 +271,7 @@ def test_repeated_nonfinite_steps_roll_back_with_a_lower_lr(train_shards, val_sh
     log = (run_dir / "training.log").read_text()
     assert "rolled back to rolling-00000004" in log
     from vsrpp_dist.training.lr_schedule import base_lr
-    assert trainer.schedule.lr(6) == pytest.approx(0.5 * base_lr(6, 1e-3, 1e-5, 2, 8))
+    assert trainer.schedule.learning_rate(6) == pytest.approx(0.5 * base_lr(6, 1e-3, 1e-5, 2, 8))
     assert read_scalars(run_dir, "LR_Schedule/Phase")[8] == 2.0
 
 
@@ -305,7 +305,7 @@ def test_every_rollback_to_the_same_checkpoint_lowers_the_lr_again(train_shards,
     trainer, code = train(cfg, patch=failing_steps(6, failures=4))  # fails twice in a row, twice
     assert code == 0 and trainer.state.step == 8
     assert trainer.state.rollbacks == 2 and trainer.schedule.state.rollbacks == 2
-    assert trainer.schedule.lr(6) == pytest.approx(0.25 * base_lr(6, 1e-3, 1e-5, 2, 8))
+    assert trainer.schedule.learning_rate(6) == pytest.approx(0.25 * base_lr(6, 1e-3, 1e-5, 2, 8))
     log = (run_dir / "training.log").read_text()
     assert log.count("rolled back to rolling-00000004") == 2 and "(rollback 2)" in log
 
@@ -439,6 +439,6 @@ def test_logs_and_status_show_the_lr_the_step_used(finished_run):
     run_dir, trainer = finished_run
     logged = read_scalars(run_dir, "Training/LearningRate")
     for step, value in logged.items():
-        assert value == pytest.approx(trainer.schedule.lr(step - 1))
+        assert value == pytest.approx(trainer.schedule.learning_rate(step - 1))
     status = (run_dir / "training_status.txt").read_text()
-    assert f"learning rate {trainer.schedule.lr(7):.4g}" in " ".join(status.split())
+    assert f"learning rate {trainer.schedule.learning_rate(7):.4g}" in " ".join(status.split())

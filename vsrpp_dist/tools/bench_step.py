@@ -70,14 +70,14 @@ def bare_loop(cfg, batch_size: int, precision: str, activation_checkpointing: bo
                                                               cfg.loss.grad_weight))
     p = cfg.data.lr_patch_size * SCALE
     gt = torch.rand(batch_size, cfg.model.num_frames, 3, p, p, device=device)
-    lr = downscale(gt.flatten(0, 1)).unflatten(0, gt.shape[:2])
+    lq = downscale(gt.flatten(0, 1)).unflatten(0, gt.shape[:2])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):
         if i == warmup:
             _sync(device)
             started = time.perf_counter()
-        step(gt, lr)
+        step(gt, lq)
     _sync(device)
     seconds = (time.perf_counter() - started) / steps
     return {"s_per_iter": seconds, "clips_per_s": batch_size / seconds,

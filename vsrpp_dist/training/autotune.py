@@ -534,9 +534,9 @@ class CudaStepProbe:
         gt_btchw = torch.rand(candidate.batch_size_per_gpu, self.model_cfg.num_frames, 3, gt_edge, gt_edge,
                               generator=gen, device=self.device)
         b, t = gt_btchw.shape[:2]
-        lr_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
+        lq_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
 
-        step(gt_btchw, lr_btchw)  # warm-up: cuDNN algorithm choice, optimizer state
+        step(gt_btchw, lq_btchw)  # warm-up: cuDNN algorithm choice, optimizer state
         if not optimizer.state:
             # fp16's scaler may skip the first steps (inf gradients) and with them the creation of
             # Adam's two moments: create them, or the peak would miss 2x the parameter bytes.
@@ -547,7 +547,7 @@ class CudaStepProbe:
         self._sync()
         began = time.perf_counter()
         for _ in range(self.trial_steps):
-            step(gt_btchw, lr_btchw)
+            step(gt_btchw, lq_btchw)
         self._sync()
         return (time.perf_counter() - began) / self.trial_steps
 
@@ -611,10 +611,6 @@ def lookup_cache(run_dir: str | Path, key: Mapping[str, Any]) -> tuple[AutotuneR
     if result.chosen is None:
         return None, f"{path} holds a search in which nothing fitted"
     return dataclasses.replace(result, source="cache"), ""
-
-
-def load_cached(run_dir: str | Path, key: Mapping[str, Any]) -> AutotuneResult | None:
-    return lookup_cache(run_dir, key)[0]
 
 
 def write_result(run_dir: str | Path, result: AutotuneResult) -> Path:

@@ -71,9 +71,9 @@ class PlainStep:
         self.clip_norm = clip_norm
         self.loss_fn = HybridLoss()
 
-    def __call__(self, gt_btchw: torch.Tensor, lr_btchw: torch.Tensor) -> None:
+    def __call__(self, gt_btchw: torch.Tensor, lq_btchw: torch.Tensor) -> None:
         with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
-            sr_bchw = self.model(lr_btchw)
+            sr_bchw = self.model(lq_btchw)
         loss = self.loss_fn(sr_bchw, gt_btchw[:, gt_btchw.shape[1] // 2], self.loss_weights)["total"]
         if self.scaler is not None:
             self.scaler.scale(loss).backward()

@@ -45,7 +45,7 @@ class LRSchedule:
         self.total_steps = total_steps
         self.state = PlateauState()
 
-    def lr(self, step: int) -> float:
+    def learning_rate(self, step: int) -> float:
         value = base_lr(step, self.optim.lr_peak, self.optim.lr_min, self.optim.warmup_steps, self.total_steps)
         factor = self.plateau_cfg.factor ** self.state.reductions * self.guard.rollback_lr_factor ** self.state.rollbacks
         if factor < 1.0:

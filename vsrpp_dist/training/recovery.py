@@ -82,7 +82,7 @@ class Recovery:
         self.schedule.state.rollbacks = state.rollbacks
         self.observer.warn(f"rolled back to {info.path.name} (step {state.step}) after "
                            f"{guard.max_nonfinite_in_row} non-finite steps; learning rate now "
-                           f"{self.schedule.lr(state.step):.3g} (rollback {state.rollbacks})")
+                           f"{self.schedule.learning_rate(state.step):.3g} (rollback {state.rollbacks})")
         self.observer.scalars(state.step, {"Guard/Rollbacks": state.rollbacks})
 
     # -- after a checkpoint ---------------------------------------------------------------------------

@@ -109,8 +109,8 @@ class CompatibilityCheck:
 
 def resume(checkpoints, request: str, check: CompatibilityCheck, *, cfg: Config, world_size: int, batches,
            state, observer) -> None:
-    """Load the checkpoint (every registered component restores itself), warn where the run's shape
-    changed (the stream then differs from an uninterrupted run), and record the shape it has now."""
+    """Load the checkpoint (every registered component restores itself) and warn where the run's shape
+    changed since it was written (the stream then differs from an uninterrupted run)."""
     info = checkpoints.load(request, check)
     now = {"world_size": world_size, "num_workers": cfg.data.num_workers,
            "batch_size_per_gpu": batches.batch_size_per_gpu, "grad_accum_steps": batches.grad_accum_steps}
@@ -118,6 +118,5 @@ def resume(checkpoints, request: str, check: CompatibilityCheck, *, cfg: Config,
         if key in info.meta and info.meta[key] != value:
             observer.warn(f"resume: {key} was {info.meta[key]}, now {value}; the data stream and step "
                           "contents will differ from an uninterrupted run")
-        setattr(state, key, value)
     checkpoints.last_saved = info.path.name
     observer.info(f"resumed from {info.path} at step {state.step} (batch {state.batches_consumed} of the stream)")

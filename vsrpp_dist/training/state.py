@@ -27,17 +27,16 @@ class TrainState:
     bad_shards: int = 0  # over all ranks
     train_seconds: float = 0.0
     last_validation: dict = field(default_factory=dict)
-    world_size: int = 1
-    num_workers: int = 0
-    batch_size_per_gpu: int = 0
-    grad_accum_steps: int = 1
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        # Checkpoints of 0.1.0 also hold the run's shape here (world size, workers, batch): that lives in
+        # meta.json now, where resume compares it; the old copies are ignored.
+        for f in dataclasses.fields(self):
+            if f.name in state:
+                setattr(self, f.name, state[f.name])
 
 
 @dataclass(frozen=True)

@@ -86,9 +86,7 @@ class Trainer:
         acc.gradient_accumulation_steps = self.batches.grad_accum_steps
         self.loss_fn = HybridLoss()
 
-        self.state = TrainState(world_size=acc.num_processes, num_workers=cfg.data.num_workers,
-                                batch_size_per_gpu=self.batches.batch_size_per_gpu,
-                                grad_accum_steps=self.batches.grad_accum_steps)
+        self.state = TrainState()
         self.schedule = LRSchedule(cfg.optim, cfg.plateau, cfg.guard, cfg.train.total_steps)
         self.adaptive = AdaptiveController(cfg.adaptive, cfg.loss)
         self.ema = WeightEMA(acc.unwrap_model(self.model), cfg.ema)
@@ -176,7 +174,7 @@ class Trainer:
         acc, model = self.accelerator, self.model
         started = time.perf_counter()
         # The one place the LR is computed; the result carries it to the logs and the status file.
-        learning_rate, phase = self.schedule.lr(self.state.step), self.schedule.phase(self.state.step)
+        learning_rate, phase = self.schedule.learning_rate(self.state.step), self.schedule.phase(self.state.step)
         for group, factor in zip(self.optimizer.param_groups, self.lr_factors):
             group["lr"] = learning_rate * factor
         weights = self.adaptive.weights
@@ -189,10 +187,10 @@ class Trainer:
             batch = next(batches)
             data_wait += time.perf_counter() - fetch
             skipped = [a + b for a, b in zip(skipped, batch["skipped"])]
-            gt_btchw, lr_btchw = self._to_device(batch)
+            gt_btchw, lq_btchw = self._to_device(batch)
             with acc.accumulate(model):
                 with acc.autocast():
-                    sr_bchw, alignment = model(lr_btchw, with_alignment=True)
+                    sr_bchw, alignment = model(lq_btchw, with_alignment=True)
                 parts = self.loss_fn(sr_bchw, gt_btchw[:, gt_btchw.shape[1] // 2], weights)
                 objective = parts["total"]
                 if photometric_weight > 0:  # bootstraps the flow from scratch; fades out (alignment.*)
@@ -240,11 +238,11 @@ class Trainer:
         self.state.batches_consumed += 1
         gt_btchw = batch["gt"].to(device, non_blocking=True).float().div_(255)
         if "lr" in batch:
-            lr_btchw = batch["lr"].to(device, non_blocking=True).float().div_(255)
+            lq_btchw = batch["lr"].to(device, non_blocking=True).float().div_(255)
         else:
             b, t = gt_btchw.shape[:2]
-            lr_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
-        return gt_btchw, lr_btchw
+            lq_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
+        return gt_btchw, lq_btchw
 
 
     def _maybe_validate(self, final: bool) -> dict[str, float] | None:
@@ -259,7 +257,7 @@ class Trainer:
             self.adaptive.on_plateau()
             self.observer.warn(f"plateau: KI_PSNR has not improved by {self.cfg.plateau.threshold_db} dB for "
                                f"{self.cfg.plateau.patience} validations; learning rate x{self.cfg.plateau.factor} "
-                               f"(now {self.schedule.lr(step):.3g}), adaptive weights and clip statistics reset")
+                               f"(now {self.schedule.learning_rate(step):.3g}), adaptive weights and clip statistics reset")
         return result
 
     # ------------------------------------------------------------------------------------------------

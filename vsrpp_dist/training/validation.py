@@ -91,24 +91,24 @@ class Validator:
         windows = [window_indices(f, n) for f in frames]
         gt_centre = seq.gt[frames].to(device).float().div_(255)
         if seq.lr is not None:
-            lr_clips = torch.stack([seq.lr[w] for w in windows]).to(device).float().div_(255)
+            lq_clips = torch.stack([seq.lr[w] for w in windows]).to(device).float().div_(255)
         else:
             # Each frame is degraded once even when it sits in several windows.
             needed = sorted({i for w in windows for i in w})
-            lr_frames = downscale(seq.gt[needed].to(device).float().div_(255))
+            lq_frames = downscale(seq.gt[needed].to(device).float().div_(255))
             where = {frame: k for k, frame in enumerate(needed)}
-            lr_clips = torch.stack([lr_frames[[where[i] for i in w]] for w in windows])
+            lq_clips = torch.stack([lq_frames[[where[i] for i in w]] for w in windows])
         with self.accelerator.autocast():
-            sr = model(lr_clips).float().clamp_(0, 1)
-        bicubic = upscale(lr_clips[:, 2]).clamp_(0, 1)
-        lr_scores = score(bicubic, gt_centre, self.cfg.crop_border)
+            sr = model(lq_clips).float().clamp_(0, 1)
+        bicubic = upscale(lq_clips[:, 2]).clamp_(0, 1)
+        bicubic_scores = score(bicubic, gt_centre, self.cfg.crop_border)
         ki_scores = score(sr, gt_centre, self.cfg.crop_border)
         if self.accelerator.is_main_process:
             for k, frame in enumerate(frames):
                 if frame == 0 and valid[k] and seq.index < self.cfg.images:
                     grid = make_grid(torch.stack([bicubic[k], sr[k], gt_centre[k]]).cpu(), nrow=3, padding=4)
                     self.observer.image(step, f"Validation/{seq.name}", grid)
-        return [[float(seq.index), float(f), v, *[float(s[k]) for s in lr_scores + ki_scores]]
+        return [[float(seq.index), float(f), v, *[float(s[k]) for s in bicubic_scores + ki_scores]]
                 for k, (f, v) in enumerate(zip(frames, valid))]
 
     @staticmethod
