@@ -5,7 +5,6 @@ exact resume with the alignment's own parameter group and warm-up."""
 from __future__ import annotations
 
 import math
-import os
 import signal
 from pathlib import Path
 
@@ -39,9 +38,7 @@ from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trainer import Trainer
 from vsrpp_dist.training.wrapping import set_activation_checkpointing
 
-from .conftest import ROOT
-from .test_e2e_launcher import read_scalars
-from .test_trainer import fresh_accelerate_state, make_config, train  # noqa: F401 (fixture)
+from .helpers import ROOT, make_config, read_scalars, sigterm_after_step, train
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # a small flow_deform model the tests can train in seconds
@@ -373,19 +370,8 @@ def test_resume_is_exact_with_the_alignment_group_and_warm_up(train_shards, val_
     straight, code = train(make_config(tmp_path / "straight", train_shards, val_shards, *settings))
     assert code == 0
 
-    def stop_after_step_3(trainer):
-        step = trainer.train_step
-
-        def patched(batches):
-            result = step(batches)
-            if trainer.state.step == 3:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return result
-
-        trainer.train_step = patched
-
     interrupted = tmp_path / "interrupted"
-    _, code = train(make_config(interrupted, train_shards, val_shards, *settings), patch=stop_after_step_3)
+    _, code = train(make_config(interrupted, train_shards, val_shards, *settings), patch=sigterm_after_step(3))
     assert code == 128 + signal.SIGTERM
     resumed, code = train(make_config(interrupted, train_shards, val_shards, *settings), StartRequest(resume="latest"))
     assert code == 0 and resumed.state.step == 6

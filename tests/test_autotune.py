@@ -457,11 +457,9 @@ def _two_rank_worker(out_dir: str) -> None:
 
 def test_two_ranks_agree_on_a_setting_that_fits_on_both(tmp_path):
     from accelerate import debug_launcher
-    from accelerate.state import AcceleratorState
 
-    # A Trainer built in this process by an earlier test leaves Accelerate's one-process state behind;
-    # the forked ranks would inherit it and both believe they are rank 0.
-    AcceleratorState._reset_state(reset_partial_state=True)
+    # (conftest's fresh_accelerate_state: a Trainer built by an earlier test would otherwise leave
+    # Accelerate's one-process state behind, and both forked ranks would believe they are rank 0)
     debug_launcher(_two_rank_worker, args=(str(tmp_path),), num_processes=2)
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2))
     # Same candidates tried in the same order and the same choice on both ranks.

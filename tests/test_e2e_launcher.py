@@ -18,47 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import ROOT, TINY
+from .helpers import LAUNCH_STEPS, ROOT, TINY, final_weights, free_port, launch_command, launcher_env, read_scalars
 
 pytestmark = pytest.mark.slow
 
-STEPS = 40
-
-
-def launch_command(run_dir: Path, train_shards: Path, val_shards: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "launch" / "cpu_2proc.yaml"),
-        str(ROOT / "vsrpp_dist" / "train.py"), "--config", str(TINY),
-        f"run.dir={run_dir}", f"data.train_shards={train_shards}", f"data.val_shards={val_shards}",
-        f"train.total_steps={STEPS}", "train.log_every=1", "data.num_workers=2", "validation.every=10",
-        "checkpoint.rolling_every=10", "checkpoint.regular_every=20", "checkpoint.best_period=20",
-        "checkpoint.best_window_start=5", "checkpoint.best_window_end=15", *extra,
-    ]
-
-
-def launcher_env() -> dict[str, str]:
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
-    """All values of a tag over every event file in RUN/logs (a resumed run adds a file)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    values: dict[int, float] = {}
-    for path in sorted((run_dir / "logs").glob("events.out.tfevents.*")):
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-        events.Reload()
-        if tag in events.Tags()["scalars"]:
-            for event in events.Scalars(tag):
-                assert event.step not in values or values[event.step] == event.value, f"{tag} step {event.step} twice"
-                values[event.step] = event.value
-    return values
-
-
-def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoint_latest" / "weights.pt", weights_only=True)["state_dict"]
+STEPS = LAUNCH_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -133,14 +97,6 @@ def test_sigterm_then_resume_from_a_moved_directory_continues_exactly(uninterrup
     assert read_scalars(moved, "Training/LearningRate") == read_scalars(uninterrupted, "Training/LearningRate")
     a, b = final_weights(uninterrupted), final_weights(moved)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_two_machines_on_loopback(train_shards, val_shards, tmp_path):

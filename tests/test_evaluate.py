@@ -23,7 +23,7 @@ from vsrpp_dist.inference import evaluate, upscale
 from vsrpp_dist.metrics import psnr
 from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
 
-from .conftest import ROOT
+from .helpers import ROOT
 from .test_upscale import read_pngs, run, save_weights
 
 GT_HW = (72, 90)  # LR 24x30

@@ -35,8 +35,7 @@ from vsrpp_dist.data import shard_format as fmt
 from vsrpp_dist.data.stream import EpochPlan
 from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, load_exported_weights, read_info
 
-from .conftest import ROOT, TINY
-from .test_e2e_launcher import free_port, launch_command, launcher_env
+from .helpers import ROOT, TINY, free_port, launch_command, launcher_env
 
 pytestmark = pytest.mark.slow
 

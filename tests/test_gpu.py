@@ -14,7 +14,7 @@ import torch
 from vsrpp_dist.config import load_config
 from vsrpp_dist.training.run_dir import StartRequest
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -22,8 +22,7 @@ from vsrpp_dist.training.recovery import lost_a_rank, peer_gone_reason
 from vsrpp_dist.training.run_dir import StartError, StartRequest, decide_start
 from vsrpp_dist.training.trainer import Trainer
 
-from .conftest import TINY
-from .test_e2e_launcher import read_scalars
+from .helpers import make_config, read_scalars, train
 
 DESIGN_TAGS = [
     "Loss/L1", "Loss/MS", "Loss/Grad", "Loss/Total", "Training/LearningRate",
@@ -36,34 +35,6 @@ DESIGN_TAGS = [
     "System/Clips_per_s", "System/Data_Wait_Fraction",
 ]
 GPU_ONLY_TAGS = ["System/VRAM_GB"]  # with NVML also GPU_Util_pct, Temperature_C, Power_W, ...
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each in-process run starts clean."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-def make_config(run_dir, train_shards, val_shards, *overrides):
-    return load_config(TINY, [f"run.dir={run_dir}", f"data.train_shards={train_shards}",
-                              f"data.val_shards={val_shards}", *overrides])
-
-
-def train(cfg, request=StartRequest(), patch=None):
-    trainer = Trainer(cfg, request, interactive=False)
-    if patch:
-        patch(trainer)
-    try:
-        code = trainer.train()
-    finally:
-        trainer.close()
-    return trainer, code
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from vsrpp_dist.model.architecture import build_model
 from vsrpp_dist.training.checkpoint import WEIGHTS_FORMAT, WEIGHTS_NAME, point_symlink
 from vsrpp_dist.training.validation import window_indices
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 TINY = dict(channels=8, extract_blocks=1, propagation_blocks=1, reconstruction_blocks=1, upsample_channels=8)
 LR_HW = (24, 30)
