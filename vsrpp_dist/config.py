@@ -106,6 +106,136 @@ class DataConfig:
                                                metadata={"doc": "augmentations of training clips"})
 
 
+# -- degradation: how training makes the model's input frames from GT ----------------------------------
+# `realistic` defaults are RealBasicVSR's published ranges (MMagic's realbasicvsr config); noise levels
+# are in 8-bit units, bitrates in bit/s at 25 frames/s. Where a value drifts from frame to frame, its
+# `*_drift` is the largest step of the random walk per frame (RealBasicVSR's `*_step`).
+
+PI = 3.141592653589793
+KERNEL_SHAPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso", "sinc")
+MAX_KERNEL_SIZE = 21
+VIDEO_CODECS = ("libx264", "mpeg4")
+
+
+@dataclass(frozen=True)
+class BlurConfig:
+    prob: float = setting(1.0, "probability that a clip is blurred", min=0.0, max=1.0)
+    kernel_size: tuple[int, int] = setting((7, MAX_KERNEL_SIZE), "kernel edge range (odd sizes drawn from it)",
+                                           min=3, max=MAX_KERNEL_SIZE)
+    iso: float = setting(0.405, "relative weight of isotropic Gaussian kernels", min=0.0)
+    aniso: float = setting(0.225, "... anisotropic (rotated) Gaussian", min=0.0)
+    generalized_iso: float = setting(0.108, "... isotropic generalised Gaussian", min=0.0)
+    generalized_aniso: float = setting(0.027, "... anisotropic generalised Gaussian", min=0.0)
+    plateau_iso: float = setting(0.108, "... isotropic plateau", min=0.0)
+    plateau_aniso: float = setting(0.027, "... anisotropic plateau", min=0.0)
+    sinc: float = setting(0.1, "... sinc (ringing)", min=0.0)
+    sigma: tuple[float, float] = setting((0.2, 3.0), "Gaussian sigma range, pixels", min=0.01)
+    beta_gaussian: tuple[float, float] = setting((0.5, 4.0), "shape range of generalised Gaussians", min=0.01)
+    beta_plateau: tuple[float, float] = setting((1.0, 2.0), "shape range of plateau kernels", min=0.01)
+    omega: tuple[float, float] = setting((PI / 3, PI), "sinc cut-off range, radians", min=0.01, max=PI)
+    sigma_drift: float = setting(0.02, "per-frame drift of sigma", min=0.0)
+    angle_drift: float = setting(0.31416, "per-frame drift of the kernel's rotation, radians", min=0.0)
+    beta_drift: float = setting(0.05, "per-frame drift of the kernel shape beta", min=0.0)
+    omega_drift: float = setting(0.0628, "per-frame drift of the sinc cut-off", min=0.0)
+
+    def __post_init__(self) -> None:
+        if self.kernel_size[1] % 2 == 0 and self.kernel_size[0] == self.kernel_size[1]:
+            raise ConfigError(f"kernel_size: {list(self.kernel_size)} holds no odd size")
+        if sum(getattr(self, k) for k in KERNEL_SHAPES) <= 0:
+            raise ConfigError(f"the kernel weights ({', '.join(KERNEL_SHAPES)}): at least one must be above 0")
+
+
+@dataclass(frozen=True)
+class ResizeConfig:
+    up: float = setting(0.2, "relative weight of enlarging", min=0.0)
+    down: float = setting(0.7, "relative weight of shrinking", min=0.0)
+    keep: float = setting(0.1, "relative weight of keeping the size", min=0.0)
+    scale: tuple[float, float] = setting((0.15, 1.5), "scale range (up draws above 1, down below 1)", min=0.05, max=4.0)
+
+    def __post_init__(self) -> None:
+        if self.up + self.down + self.keep <= 0:
+            raise ConfigError("up, down, keep: at least one weight must be above 0")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    prob: float = setting(1.0, "probability that noise is added", min=0.0, max=1.0)
+    gaussian: float = setting(0.5, "probability of Gaussian noise (else Poisson)", min=0.0, max=1.0)
+    gaussian_sigma: tuple[float, float] = setting((1.0, 30.0), "Gaussian noise sigma range, 8-bit levels", min=0.0,
+                                                  max=255.0)
+    poisson_scale: tuple[float, float] = setting((0.05, 3.0), "Poisson noise scale range", min=0.0, max=100.0)
+    gray: float = setting(0.4, "probability that the noise is the same in all colour channels", min=0.0, max=1.0)
+    sigma_drift: float = setting(0.1, "per-frame drift of the Gaussian sigma", min=0.0)
+    scale_drift: float = setting(0.005, "per-frame drift of the Poisson scale", min=0.0)
+
+
+@dataclass(frozen=True)
+class JpegConfig:
+    prob: float = setting(1.0, "probability of JPEG compression per clip", min=0.0, max=1.0)
+    quality: tuple[int, int] = setting((30, 95), "JPEG quality range", min=1, max=100)
+    quality_drift: int = setting(3, "per-frame drift of the quality", min=0)
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    prob: float = setting(1.0, "probability of video compression per clip", min=0.0, max=1.0)
+    codecs: str = setting("libx264,mpeg4", "comma-separated encoders to draw from (" + ", ".join(VIDEO_CODECS) + ")")
+    control: str = setting("bitrate", "rate control: bitrate (every codec) or crf (libx264 only)",
+                           choices=("bitrate", "crf"))
+    bitrate: tuple[float, float] = setting((1e4, 1e5), "bitrate range, bit/s at 25 frames/s", min=1e3, max=1e9)
+    crf: tuple[int, int] = setting((18, 35), "libx264 constant rate factor range (control=crf)", min=0, max=51)
+
+    def __post_init__(self) -> None:
+        names = [c.strip() for c in self.codecs.split(",") if c.strip()]
+        unknown = [c for c in names if c not in VIDEO_CODECS]
+        if not names or unknown:
+            raise ConfigError(f"codecs: {unknown[0] if unknown else self.codecs!r} is not one of "
+                              f"{', '.join(VIDEO_CODECS)}")
+        if self.control == "crf" and names != ["libx264"]:
+            raise ConfigError(f"control: crf needs codecs=libx264 (mpeg4 has no CRF), got codecs={self.codecs!r}")
+
+    @property
+    def codec_list(self) -> tuple[str, ...]:
+        return tuple(c.strip() for c in self.codecs.split(",") if c.strip())
+
+
+@dataclass(frozen=True)
+class DegradationOrder:
+    blur: BlurConfig = dataclasses.field(default_factory=BlurConfig, metadata={"doc": "blur"})
+    resize: ResizeConfig = dataclasses.field(default_factory=ResizeConfig, metadata={"doc": "resize"})
+    noise: NoiseConfig = dataclasses.field(default_factory=NoiseConfig, metadata={"doc": "noise"})
+    jpeg: JpegConfig = dataclasses.field(default_factory=JpegConfig, metadata={"doc": "JPEG"})
+    video: VideoConfig = dataclasses.field(default_factory=VideoConfig, metadata={"doc": "video codec"})
+
+
+def _second_order() -> DegradationOrder:
+    return DegradationOrder(blur=BlurConfig(prob=0.8, sigma=(0.2, 1.5)),
+                            resize=ResizeConfig(up=0.3, down=0.4, keep=0.3, scale=(0.3, 1.2)),
+                            noise=NoiseConfig(gaussian_sigma=(1.0, 25.0), poisson_scale=(0.05, 2.5)))
+
+
+@dataclass(frozen=True)
+class FinalStageConfig:
+    sinc_prob: float = setting(0.8, "probability of the final sinc filter (ringing of the last resize)",
+                               min=0.0, max=1.0)
+    omega: tuple[float, float] = setting((PI / 3, PI), "final sinc cut-off range, radians", min=0.01, max=PI)
+    shuffle: bool = setting(True, "draw per clip whether the last video compression comes before or after the "
+                            "final resize and sinc (RealBasicVSR's shuffle of the second stage)")
+
+
+@dataclass(frozen=True)
+class DegradationConfig:
+    kind: str = setting("bicubic", "bicubic: MATLAB bicubic x3 (the papers' BI protocol); realistic: second-order "
+                        "random blur, resize, noise, JPEG and video compression (RealBasicVSR)",
+                        choices=("bicubic", "realistic"))
+    first: DegradationOrder = dataclasses.field(default_factory=DegradationOrder,
+                                                metadata={"doc": "first order (realistic only)"})
+    second: DegradationOrder = dataclasses.field(default_factory=_second_order,
+                                                 metadata={"doc": "second order (realistic only)"})
+    final: FinalStageConfig = dataclasses.field(default_factory=FinalStageConfig,
+                                                metadata={"doc": "the last resize to GT/3, sinc and codec"})
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     lr_peak: float = setting(1e-4, "learning rate reached at the end of warm-up", min=0.0)
@@ -227,6 +357,8 @@ class Config:
     run: RunConfig = dataclasses.field(default_factory=RunConfig, metadata={"doc": "where and with which seed"})
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig, metadata={"doc": "the network"})
     data: DataConfig = dataclasses.field(default_factory=DataConfig, metadata={"doc": "shards and the stream"})
+    degradation: DegradationConfig = dataclasses.field(default_factory=DegradationConfig,
+                                                       metadata={"doc": "how the model's input frames are made"})
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig, metadata={"doc": "optimizer and LR curve"})
     plateau: PlateauConfig = dataclasses.field(default_factory=PlateauConfig, metadata={"doc": "plateau LR"})
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"doc": "HybridLoss base weights"})
@@ -265,6 +397,14 @@ def _is_config_class(tp: Any) -> bool:
 def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
     """Convert a YAML or command-line value to the field's type, or raise naming the key."""
     origin = typing.get_origin(tp)
+    if origin is tuple:  # a range: [low, high], each end within the field's bounds, low <= high
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a range [low, high], got {value!r}")
+        low, high = (_coerce(key, v, a, meta) for v, a in zip(value, args))
+        if low > high:
+            raise ConfigError(f"{key}: the range [{low}, {high}] has its low end above its high end")
+        return (low, high)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
@@ -325,15 +465,28 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
         key = prefix + name
         tp = hints[name]
         if _is_config_class(tp):
-            kwargs[name] = _build(tp, values.get(name), key + ".")
+            given = values.get(name)
+            if field.default_factory is not dataclasses.MISSING and (given is None or isinstance(given, dict)):
+                # the section's own defaults (e.g. the second degradation order's) under what was given
+                given = _merged(config_to_dict(field.default_factory()), given or {})
+            kwargs[name] = _build(tp, given, key + ".")
         elif name in values:
             kwargs[name] = _coerce(key, values[name], tp, field.metadata)
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as err:  # a section's own check names its key relative to the section
+        if prefix and not str(err).startswith(prefix):
+            raise ConfigError(prefix + str(err)) from None
         raise
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{prefix.rstrip('.')}: {err}") from None
+
+
+def _merged(defaults: dict, given: dict) -> dict:
+    out = dict(defaults)
+    for k, v in given.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -379,7 +532,13 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """Plain dicts and lists (ranges become [low, high]): what YAML, JSON and checkpoints hold."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if isinstance(value, tuple) else value
+
+    return plain(dataclasses.asdict(cfg))
 
 
 def dump_config(cfg: Config) -> str:
@@ -394,15 +553,18 @@ def replace(cfg: Config, **sections: Any) -> Config:
     return _build(Config, tree, "")
 
 
-def describe(cls: type = Config, prefix: str = "") -> list[str]:
+def describe(cls: type = Config, prefix: str = "", defaults: Any = None) -> list[str]:
     """One line per key: name, default and doc (for `--help-config`)."""
     lines = []
     hints = typing.get_type_hints(cls)
+    defaults = cls() if defaults is None else defaults
     for field in dataclasses.fields(cls):
         key = prefix + field.name
+        value = getattr(defaults, field.name)
         if _is_config_class(hints[field.name]):
-            lines += describe(hints[field.name], key + ".")
+            lines += describe(hints[field.name], key + ".", value)
         else:
             extra = f" [{'|'.join(map(str, field.metadata['choices']))}]" if field.metadata.get("choices") else ""
-            lines.append(f"{key} = {field.default!r}{extra}  # {field.metadata.get('doc', '')}")
+            shown = list(value) if isinstance(value, tuple) else value
+            lines.append(f"{key} = {shown!r}{extra}  # {field.metadata.get('doc', '')}")
     return lines

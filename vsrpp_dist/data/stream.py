@@ -215,7 +215,7 @@ class ClipStream(IterableDataset):
     "skipped": (corrupt samples, bad shards) met since this worker's previous batch}."""
 
     def __init__(self, folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
-                 batch_size: int, start_batch: int = 0, scale: int = 3) -> None:
+                 batch_size: int, start_batch: int = 0, scale: int = 3, degradation=None) -> None:
         self.manifest = fmt.read_split_manifest(folder, "train", "data.train_shards")
         self.folder = Path(self.manifest["_folder"])
         self.cfg = data_cfg
@@ -228,6 +228,8 @@ class ClipStream(IterableDataset):
         self.codec = self.manifest["codec"]
         self.has_lr = bool(self.manifest.get("has_lr"))
         self.workers = max(1, data_cfg.num_workers)
+        # Draws each clip's degradation (data/degradation.py) from the clip's own generator; None: bicubic.
+        self.degradation = degradation if degradation is not None and degradation.kind != "bicubic" else None
         self._check_patch_fits()
         shard_samples = [int(s["samples"]) for s in self.manifest["shards"]]
         streams = world_size * self.workers
@@ -291,6 +293,8 @@ class ClipStream(IterableDataset):
                     reader.corrupt_samples += 1
                     reader.warn_corrupt(sample.get("__key__"), err)
                     continue
+                if self.degradation is not None:  # after the clip's own draws: bicubic streams stay as they were
+                    clip.update(self.degradation.draw(rng, CLIP_FRAMES))
                 produced += 1
                 yield clip
             if produced == 0 and skip == 0 and self.plan.epoch_samples(epoch, stream) > 0:

@@ -11,10 +11,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..config import Config, ConfigError, architecture_of, config_to_dict, dump_config
+from ..data.degradation import build_degradation
 from ..data.stream import ClipStream
 from ..data.validation_set import ValidationSet
 from ..errors import CheckpointError, ShardFormatError, StartError
@@ -39,28 +41,33 @@ def apply_device_plan(accelerator, plan: DevicePlan) -> None:
 @dataclass(frozen=True)
 class RunData:
     """The run's data, opened once: this rank's clip stream (not yet cut into batches: the batch size
-    is known after auto-tune) and the validation set, if any."""
+    is known after auto-tune), the validation set, if any, and how input frames are made from GT."""
 
     stream: ClipStream
     validation_set: ValidationSet | None
+    degradation: Any
 
 
 def open_data(cfg: Config, *, rank: int, world_size: int) -> RunData:
     """The data settings checked from the manifests; a problem names the config key at fault."""
     if not cfg.data.train_shards:
         raise ConfigError("data.train_shards: not set; give the folder `python -m vsrpp_dist.pack` wrote")
+    degradation = build_degradation(cfg.degradation)
     try:
         stream = ClipStream(cfg.data.train_shards, cfg.data, seed=cfg.run.seed, rank=rank, world_size=world_size,
-                            batch_size=1)
+                            batch_size=1, degradation=degradation)
     except ShardFormatError as err:
         raise ConfigError(f"data.train_shards: {err}") from None
+    if stream.has_lr and degradation.kind != "bicubic":
+        raise ConfigError(f"degradation.kind: {degradation.kind} makes the input frames from GT, but "
+                          f"{stream.folder} was packed with real LR frames; pack GT only, or use degradation.kind=bicubic")
     validation_set = None
     if cfg.data.val_shards and cfg.validation.every:
         try:
             validation_set = ValidationSet(cfg.data.val_shards, cfg.validation.max_sequences)
         except ShardFormatError as err:
             raise ConfigError(f"data.val_shards: {err}") from None
-    return RunData(stream, validation_set)
+    return RunData(stream, validation_set, degradation)
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path, request: StartRequest, accelerator,

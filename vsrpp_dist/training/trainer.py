@@ -25,7 +25,6 @@ from accelerate.utils import set_seed
 from ..config import Config
 from ..data.stream import train_loader
 from ..errors import RankLostError
-from ..imresize import downscale
 from ..model.architecture import count_parameters
 from ..model.loss import HybridLoss, photometric_weight_at
 from ..signals import StopSignals
@@ -54,6 +53,7 @@ class Trainer:
         self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)
         apply_device_plan(acc, self.device_plan)
         data = open_data(cfg, rank=acc.process_index, world_size=acc.num_processes)
+        self.degradation = data.degradation
         self.run_dir = Path(cfg.run.dir).absolute()
         start = prepare_run_dir(cfg, self.run_dir, request, acc, interactive)
         self.observer = Observer(self.run_dir, rank=acc.process_index, is_main=acc.is_main_process,
@@ -94,7 +94,8 @@ class Trainer:
         self.checkpoints = CheckpointManager(self.run_dir, acc, cfg.checkpoint, self.observer, self.contents)
         for stateful in (self.state, self.schedule, self.adaptive, self.checkpoints, self.ema):
             acc.register_for_checkpointing(stateful)
-        self.validator = (Validator(data.validation_set, cfg.validation, acc, self.observer)
+        self.validator = (Validator(data.validation_set, cfg.validation, acc, self.observer,
+                                    degradation=data.degradation, seed=cfg.run.seed)
                           if data.validation_set is not None else None)
         self.report = Report(cfg, self.observer, acc, run_dir=self.run_dir, state=self.state, batches=self.batches,
                              adaptive=self.adaptive, checkpoints=self.checkpoints)
@@ -237,11 +238,10 @@ class Trainer:
         device = self.accelerator.device
         self.state.batches_consumed += 1
         gt_btchw = batch["gt"].to(device, non_blocking=True).float().div_(255)
-        if "lr" in batch:
+        if "lr" in batch:  # real LR frames were packed
             lq_btchw = batch["lr"].to(device, non_blocking=True).float().div_(255)
-        else:
-            b, t = gt_btchw.shape[:2]
-            lq_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
+        else:  # bicubic x3, or the realistic pipeline with the draws the stream made for each clip
+            lq_btchw = self.degradation.apply(gt_btchw, batch)
         return gt_btchw, lq_btchw
 
 

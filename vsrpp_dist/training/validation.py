@@ -40,6 +40,38 @@ def window_indices(centre: int, num_frames: int, length: int = 5) -> list[int]:
     return out
 
 
+class FixedDegradedSet:
+    """The validation set's input frames under a realistic degradation, made once per sequence (its
+    frames degraded as one video, with a draw seeded by the run's seed and the sequence's index) and
+    kept as 8-bit frames on the host."""
+
+    def __init__(self, degradation, seed: int) -> None:
+        self.degradation = degradation
+        self.seed = seed
+        self.cache: dict[int, torch.Tensor] = {}
+
+    def frames(self, seq, device: torch.device) -> torch.Tensor:
+        if seq.index not in self.cache:
+            self.cache[seq.index] = degrade_sequence(self.degradation, seq.gt, self.seed, seq.index, device)
+        return self.cache[seq.index]
+
+
+def degrade_sequence(degradation, gt_nchw_uint8: torch.Tensor, seed: int, index: int,
+                     device: torch.device) -> torch.Tensor:
+    """One sequence's frames degraded as one video: (N, 3, H/3, W/3) uint8 on the host. The draw comes from
+    a generator seeded by (seed, index), so `evaluate --degradation realistic --seed S` and a run with
+    run.seed=S degrade a sequence identically."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, index])
+    n = gt_nchw_uint8.shape[0]
+    plans = {k: v.unsqueeze(0) for k, v in degradation.draw(rng, n).items()}
+    gt = gt_nchw_uint8.to(device).float().div_(255).unsqueeze(0)
+    with torch.no_grad():
+        lq = degradation.apply(gt, plans)[0]
+    return lq.mul(255).round().to(torch.uint8).cpu()
+
+
 def score(sr: torch.Tensor, gt: torch.Tensor, crop_border: int) -> list[torch.Tensor]:
     """PSNR/SSIM on Y and RGB of 8-bit-quantised images, as papers measure saved PNGs."""
     return [
@@ -51,11 +83,15 @@ def score(sr: torch.Tensor, gt: torch.Tensor, crop_border: int) -> list[torch.Te
 
 
 class Validator:
-    def __init__(self, dataset: ValidationSet, cfg, accelerator, observer) -> None:
+    def __init__(self, dataset: ValidationSet, cfg, accelerator, observer, *, degradation=None, seed: int = 0) -> None:
         self.cfg = cfg
         self.accelerator = accelerator
         self.observer = observer
         self.dataset = dataset
+        # realistic runs: each sequence degraded once, with a draw seeded by (run.seed, sequence), and kept,
+        # so that every validation of the run scores the same input frames
+        self.degraded = FixedDegradedSet(degradation, seed) if degradation is not None and \
+            degradation.kind != "bicubic" else None
         seqs = self.dataset.sequences
         observer.info(f"validation set: {len(seqs)} sequences, {sum(s['num_frames'] for s in seqs)} frames "
                       f"from {self.dataset.folder}")
@@ -92,6 +128,9 @@ class Validator:
         gt_centre = seq.gt[frames].to(device).float().div_(255)
         if seq.lr is not None:
             lq_clips = torch.stack([seq.lr[w] for w in windows]).to(device).float().div_(255)
+        elif self.degraded is not None:
+            lq_frames = self.degraded.frames(seq, device)
+            lq_clips = torch.stack([lq_frames[w] for w in windows]).to(device).float().div_(255)
         else:
             # Each frame is degraded once even when it sits in several windows.
             needed = sorted({i for w in windows for i in w})
