@@ -240,7 +240,9 @@ def blur(x_tchw: torch.Tensor, kernels_tkk: torch.Tensor) -> torch.Tensor:
     t, c, h, w = x_tchw.shape
     k = kernels_tkk.shape[-1]
     weight = kernels_tkk.to(x_tchw).repeat_interleave(c, dim=0).unsqueeze(1)  # (T*C, 1, K, K)
-    padded = F.pad(x_tchw.reshape(1, t * c, h, w), (k // 2,) * 4, mode="reflect")
+    # mirrored edges (Real-ESRGAN's choice); frames smaller than the kernel repeat their edge instead
+    mode = "reflect" if k // 2 < min(h, w) else "replicate"
+    padded = F.pad(x_tchw.reshape(1, t * c, h, w), (k // 2,) * 4, mode=mode)
     return F.conv2d(padded, weight, groups=t * c).reshape(t, c, h, w)
 
 
@@ -321,8 +323,8 @@ def yuv420_to_rgb(planes: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 def video_codec(planes: np.ndarray, codec: str, control: str, rate: float) -> np.ndarray:
     """yuv420p frames (T, 3H/2, W) encoded as one stream and decoded again, in memory (PyAV): the
-    blocks, ringing and temporal smearing of a real codec. One encoder thread: the output is the same
-    on every run. The colour conversion is done outside, for all frames at once."""
+    blocks, ringing and temporal smearing of a real codec, the same bytes on every run. The colour
+    conversion is done outside, for all frames at once."""
     import av
 
     t, rows, w = planes.shape
@@ -330,21 +332,26 @@ def video_codec(planes: np.ndarray, codec: str, control: str, rate: float) -> np
     enc.width, enc.height, enc.pix_fmt = w, rows * 2 // 3, "yuv420p"
     enc.time_base, enc.framerate = fractions.Fraction(1, FPS), fractions.Fraction(FPS, 1)
     enc.thread_count = 1
-    options = {"threads": "1"} if codec == "libx264" else {}
+    # Both encoders made identical inputs encode differently now and then (1 in ~100 runs here, even with
+    # one thread), which would break exact resume: x264 through its macroblock-tree rate control, FFmpeg's
+    # mpeg4 through its motion search (it reads memory it never wrote). Without those, every run gives
+    # the same bytes; the mpeg4 stream still predicts frames from frames, only with zero motion.
+    options = {"threads": "1", "x264-params": "no-mbtree=1"} if codec == "libx264" else {"motion_est": "zero"}
     if control == "crf":
         options["crf"] = str(int(rate))
     else:
         enc.bit_rate = int(rate)
     enc.options = options
-    packets = []
+    stream = []
     for i, frame in enumerate(planes):
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="yuv420p")
         vf.pts = i
-        packets += enc.encode(vf)
-    packets += enc.encode(None)
+        stream += [bytes(p) for p in enc.encode(vf)]
+    stream += [bytes(p) for p in enc.encode(None)]
     dec = av.CodecContext.create(CODEC_DECODERS[codec], "r")
     dec.thread_count = 1
-    out = [f.to_ndarray() for p in [*packets, None] for f in dec.decode(p)]
+    out = [f.to_ndarray() for data in stream for f in dec.decode(av.Packet(data))]
+    out += [f.to_ndarray() for f in dec.decode(None)]
     if len(out) != t:
         raise RuntimeError(f"{codec}: {t} frames in, {len(out)} out")
     return np.stack(out)
@@ -419,11 +426,12 @@ class RealisticDegradation:
         if draw.codec < 0:
             return x
         h, w = x.shape[-2:]
-        if h % 2 or w % 2:  # yuv420p needs even sizes (only the final GT/3 size can be odd)
-            x = resize(x, even_size(h, w), 0)
-        planes = video_codec(rgb_to_yuv420(x), cfg.video.codec_list[draw.codec], cfg.video.control, draw.rate)
-        out = yuv420_to_rgb(planes, x)
-        return resize(out, (h, w), 0) if out.shape[-2:] != (h, w) else out
+        # Whole macroblocks, as an encoder's own padding makes them: with a size that is not a multiple of
+        # 16, x264 was seen to read the frame buffer's uninitialised padding (outputs differing run to run).
+        pad_h, pad_w = -h % 16, -w % 16
+        padded = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
+        planes = video_codec(rgb_to_yuv420(padded), cfg.video.codec_list[draw.codec], cfg.video.control, draw.rate)
+        return yuv420_to_rgb(planes, x)[..., :h, :w]
 
 
 def check_codecs(cfg: DegradationConfig) -> None:
