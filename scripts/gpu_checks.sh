@@ -2,7 +2,7 @@
 # Everything only a GPU can show, in one command: the GPU tests (6 GB cap with the default model, bf16,
 # telemetry, auto-tune's choices and time), the step benchmark of the default and 6 GB configs against a bare loop
 # and the card's dense bf16 matmul rate; with FRAMES=DIR (e.g. ../shared/data/bedroom) also the loader
-# and the default model's upscale throughput; each alignment's step cost at the default size; with
+# and the default model's upscale throughput; each alignment's step cost at the default size; the realistic degradation's cost; with
 # QUALITY_MINUTES=N the alignment variants' held-out quality at equal time (bench quality).
 # Figures land in $OUT (or ./gpu_results) as JSON and logs; copy them into BENCHMARKS.md.
 #
@@ -42,6 +42,9 @@ for alignment in implicit flow flow_deform; do
       --json "$OUT_DIR/step_default_$alignment.json" model.alignment=$alignment autotune.enabled=false \
       2>&1 | tee "$OUT_DIR/step_default_$alignment.log"
 done
+# What the realistic degradation costs next to bicubic at the default size: loader, device, step.
+"$PY" -m vsrpp_dist.bench degradation --config configs/default.yaml --steps 30 --warmup 10 --rounds 2 \
+    --json "$OUT_DIR/degradation.json" data.num_workers=6 2>&1 | tee "$OUT_DIR/degradation.log"
 # Which alignment wins at GPU scale (QUALITY_MINUTES=N per variant; long: 3 variants x N minutes).
 if [ -n "${QUALITY_MINUTES:-}" ]; then
   "$PY" -m vsrpp_dist.bench quality --config configs/default.yaml --minutes "$QUALITY_MINUTES" \

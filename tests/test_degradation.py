@@ -268,3 +268,30 @@ def test_real_lr_shards_cannot_be_degraded_again(tmp_path, demo_frames):
     cfg = make_config(tmp_path / "run", out, "", *REALISTIC)
     with pytest.raises(ConfigError, match="packed with real LR frames"):
         open_data(cfg, rank=0, world_size=1)
+
+
+def test_the_degradation_bench_measures_both_kinds_side_by_side(train_shards, tmp_path, capsys):
+    import json
+
+    from vsrpp_dist.tools import bench
+
+    from .helpers import TINY
+
+    out = tmp_path / "figures.json"
+    assert bench.main(["degradation", "--config", str(TINY), "--shards", str(train_shards), "--clips", "4",
+                       "--batches", "2", "--steps", "2", "--warmup", "1", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    for kind in ("bicubic", "realistic"):
+        rounds = figures["rounds"][kind]
+        assert all(v > 0 for v in rounds["loader"] + rounds["device"] + rounds["s_per_iter"])
+    printed = capsys.readouterr().out
+    assert "loader clips/s (1 core)" in printed and "trainer data wait" in printed
+
+
+def test_configs_realistic_writes_out_the_default_ranges():
+    from .helpers import ROOT
+
+    cfg = load_config(ROOT / "configs" / "realistic.yaml")
+    assert cfg.degradation == load_config(None, [*REALISTIC]).degradation
+    demo = load_config(ROOT / "configs" / "demo.yaml")
+    assert cfg.model == demo.model and cfg.data == demo.data  # the demo's model, for a fair comparison

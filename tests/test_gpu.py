@@ -129,3 +129,23 @@ def test_aligned_default_model_trains_in_bf16_with_its_figures(gpu_shards, tmp_p
     assert "Activity/Flow_Magnitude" in set(events.Tags()["scalars"])
     print(f"\n{alignment}: peak reserved {peak / 2**30:.2f} GB, final KI_PSNR "
           f"{trainer.state.last_validation.get('KI_PSNR', float('nan')):.3f}")
+
+
+def test_the_realistic_degradation_runs_its_step_side_on_the_gpu():
+    """Blur, resize and noise on the GPU, JPEG and codec on the CPU between them: the same draws give
+    the same clips twice, GT/3 in size; without noise (whose generators differ by device) the GPU's
+    clips are the CPU's up to float rounding carried through 8-bit codecs."""
+    import numpy as np
+
+    from vsrpp_dist.data.degradation import build_degradation
+
+    for overrides, tolerance in (([], None), (["degradation.first.noise.prob=0", "degradation.second.noise.prob=0"], 2 / 255)):
+        d = build_degradation(load_config(None, ["degradation.kind=realistic", *overrides]).degradation)
+        plans = [d.draw(np.random.default_rng(i), 5) for i in range(4)]
+        batch = {k: torch.stack([p[k] for p in plans]) for k in plans[0]}
+        gt = torch.rand(4, 5, 3, 192, 192, generator=torch.Generator().manual_seed(0))
+        on_gpu = d.apply(gt.cuda(), batch)
+        assert on_gpu.is_cuda and on_gpu.shape == (4, 5, 3, 64, 64)
+        assert torch.equal(on_gpu, d.apply(gt.cuda(), batch))
+        if tolerance is not None:
+            assert (on_gpu.cpu() - d.apply(gt, batch)).abs().mean() < tolerance
