@@ -23,7 +23,7 @@ import torch
 
 from ..cli import int_at_least
 from ..config import load_config
-from .bench_step import _demo_shards, trainer_loop
+from .bench_step import _demo_shards, timing_overrides, trainer_loop
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("bicubic", "realistic")
@@ -90,11 +90,7 @@ def run(args) -> int:
         shards = args.shards or base.data.train_shards
         if not shards or not (Path(shards) / "manifest.json").is_file():
             shards = str(_demo_shards(Path(tmp), base.data.lr_patch_size))
-        total = args.warmup + args.steps
-        common = [*args.overrides, f"data.train_shards={shards}", "data.val_shards=", f"train.total_steps={total}",
-                  "validation.every=0", "checkpoint.rolling_every=0", "checkpoint.regular_every=0",
-                  "checkpoint.save_final=false", f"train.log_every={total + 1}", "autotune.enabled=false",
-                  f"optim.warmup_steps={min(base.optim.warmup_steps, total)}"]
+        common = [*args.overrides, *timing_overrides(base, shards, args.warmup + args.steps)]
         rows: dict[str, dict[str, list[float]]] = {k: {"loader": [], "device": [], "s_per_iter": [], "wait": []}
                                                    for k in KINDS}
         for r in range(args.rounds):

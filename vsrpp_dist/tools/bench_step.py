@@ -149,18 +149,23 @@ def _demo_shards(folder: Path, lr_patch: int) -> Path:
     return out
 
 
+def timing_overrides(base, shards: str, total_steps: int) -> list[str]:
+    """A training run that only trains: on `shards`, `total_steps` long, no validation, checkpoints,
+    step logs or auto-tune (the warm-up of the LR shortened to fit)."""
+    return [f"data.train_shards={shards}", "data.val_shards=", f"train.total_steps={total_steps}",
+            "validation.every=0", "checkpoint.rolling_every=0", "checkpoint.regular_every=0",
+            "checkpoint.save_final=false", f"train.log_every={total_steps + 1}", "autotune.enabled=false",
+            f"optim.warmup_steps={min(base.optim.warmup_steps, total_steps)}"]
+
+
 def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="vsrpp-bench-") as tmp:
         base = load_config(args.config, args.overrides)
         shards = args.shards or base.data.train_shards
         if not shards or not (Path(shards) / "manifest.json").is_file():
             shards = str(_demo_shards(Path(tmp), base.data.lr_patch_size))
-        total = args.warmup + args.steps
-        cfg = load_config(args.config, [
-            *args.overrides, f"run.dir={tmp}/run", f"data.train_shards={shards}", "data.val_shards=",
-            f"train.total_steps={total}", "validation.every=0", "checkpoint.rolling_every=0",
-            "checkpoint.regular_every=0", "checkpoint.save_final=false", f"train.log_every={total + 1}",
-            f"optim.warmup_steps={min(base.optim.warmup_steps, total)}", "autotune.enabled=false"])
+        cfg = load_config(args.config, [*args.overrides, *timing_overrides(base, shards, args.warmup + args.steps),
+                                         f"run.dir={tmp}/run"])
         world = int(os.environ.get("WORLD_SIZE", "1"))
         plan = plan_device(cfg.train, world)
         batch_size, checkpointing = profile_settings(cfg, plan)
