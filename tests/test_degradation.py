@@ -237,8 +237,9 @@ def test_a_realistic_run_resumes_exactly_with_the_codec_on(train_shards, val_sha
 
 
 def test_the_validation_set_is_degraded_once_and_the_same_every_time(val_shards):
+    from vsrpp_dist.data.degradation import degrade_sequence
     from vsrpp_dist.data.validation_set import ValidationSet
-    from vsrpp_dist.training.validation import FixedDegradedSet, degrade_sequence
+    from vsrpp_dist.training.validation import FixedDegradedSet
 
     d = realistic()
     fixed = FixedDegradedSet(d, seed=4)
@@ -295,3 +296,49 @@ def test_configs_realistic_writes_out_the_default_ranges():
     assert cfg.degradation == load_config(None, [*REALISTIC]).degradation
     demo = load_config(ROOT / "configs" / "demo.yaml")
     assert cfg.model == demo.model and cfg.data == demo.data  # the demo's model, for a fair comparison
+
+
+def test_evaluate_scores_the_same_degraded_set_a_realistic_run_validates_on(val_shards, tmp_path, capsys):
+    import contextlib
+    import json
+
+    from vsrpp_dist.config import ValidationConfig
+    from vsrpp_dist.data.validation_set import ValidationSet
+    from vsrpp_dist.inference import evaluate
+    from vsrpp_dist.inference.common import load_model
+    from vsrpp_dist.training.validation import Validator
+
+    from .test_upscale import save_weights
+
+    weights = save_weights(tmp_path / "weights.pt", seed=2)
+    out = tmp_path / "realistic.json"
+    assert evaluate.cli(["--checkpoint", str(weights), "--data", str(val_shards), "--degradation", "realistic",
+                         "--seed", "4", "--json", str(out), "--quiet"]) == 0
+    realistic_rows = {r["sequence"]: r for r in json.loads(out.read_text())["rows"]}
+    assert evaluate.cli(["--checkpoint", str(weights), "--data", str(val_shards), "--json", str(tmp_path / "bi.json"),
+                         "--quiet"]) == 0
+    bicubic_rows = {r["sequence"]: r for r in json.loads((tmp_path / "bi.json").read_text())["rows"]}
+    assert realistic_rows["overall"]["y_psnr_bicubic"] < bicubic_rows["overall"]["y_psnr_bicubic"] - 1
+
+    class OneProcess:  # what Validator asks of an Accelerator, on one CPU process
+        process_index, num_processes, is_main_process, device = 0, 1, True, torch.device("cpu")
+        gather = staticmethod(lambda t: t)
+        autocast = staticmethod(contextlib.nullcontext)
+
+    class Quiet:
+        def info(self, *args):
+            pass
+
+        def image(self, *args):
+            pass
+
+    validator = Validator(ValidationSet(val_shards), ValidationConfig(images=0), OneProcess(), Quiet(),
+                          degradation=realistic(), seed=4)
+    scores = validator.run(load_model(weights, torch.device("cpu")).model, step=0)
+    assert realistic_rows["overall"]["y_psnr_model"] == pytest.approx(scores["KI_PSNR"], abs=1e-5)
+    assert realistic_rows["overall"]["y_psnr_bicubic"] == pytest.approx(scores["LR_PSNR"], abs=1e-5)
+    capsys.readouterr()
+    assert evaluate.cli(["--checkpoint", str(weights), "--data", str(val_shards), "--degradation", "realistic",
+                         "--lr", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--lr and --degradation realistic exclude each other" in err and "\n" not in err

@@ -434,6 +434,19 @@ class RealisticDegradation:
         return yuv420_to_rgb(planes, x)[..., :h, :w]
 
 
+def degrade_sequence(degradation, gt_nchw_uint8: torch.Tensor, seed: int, index: int,
+                     device: torch.device) -> torch.Tensor:
+    """A whole sequence's frames degraded as one video: (N, 3, H/3, W/3) uint8 on the host. The draw comes
+    from a generator seeded by (seed, index), so `evaluate --degradation realistic --seed S` and a run
+    with run.seed=S (validating on the same set, default ranges) degrade a sequence identically."""
+    rng = np.random.default_rng([seed, index])
+    plans = {k: v.unsqueeze(0) for k, v in degradation.draw(rng, gt_nchw_uint8.shape[0]).items()}
+    gt = gt_nchw_uint8.to(device).float().div_(255).unsqueeze(0)
+    with torch.no_grad():
+        lq = degradation.apply(gt, plans)[0]
+    return lq.mul(255).round().to(torch.uint8).cpu()
+
+
 def check_codecs(cfg: DegradationConfig) -> None:
     """Refuse, before any work, a codec this PyAV build cannot encode."""
     import av

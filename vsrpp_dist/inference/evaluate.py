@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 
 from ..cli import OneLineParser, int_at_least, run_cli
-from ..config import SCALE
+from ..config import SCALE, load_config
 from ..data import shard_format as fmt
+from ..data.degradation import build_degradation, degrade_sequence
 from ..data.sources import Sequence, scan_source
 from ..data.validation_set import ValidationSet
 from ..files import atomic_write_text
@@ -76,6 +77,12 @@ def build_parser():
     parser.add_argument("--lr", metavar="LR_DIR",
                         help="real LR frames, laid out like D and paired by relative path (default: MATLAB "
                              "bicubic x3 of GT, rounded to 8 bits)")
+    parser.add_argument("--degradation", choices=("bicubic", "realistic"), default="bicubic",
+                        help="how LR is made from GT: MATLAB bicubic x3 (default), or the realistic training "
+                             "degradation (default ranges), each sequence degraded once as one video")
+    parser.add_argument("--seed", type=int_at_least(0), default=0, metavar="S",
+                        help="seed of the realistic degradation (sequence i draws from (S, i), as a run with "
+                             "run.seed=S validates)")
     parser.add_argument("--crop-border", type=int_at_least(0), default=0, metavar="N",
                         help="pixels dropped at every GT border before scoring (default 0, as training "
                              "validation; papers that crop use the scale, 3)")
@@ -223,14 +230,28 @@ def gt_crop(job: Job, crop_border: int, announce: bool = True) -> tuple[int, int
 class SequenceScorer:
     """Scores one sequence frame by frame: model and bicubic against GT."""
 
-    def __init__(self, upscaler: ClipUpscaler, device: torch.device, crop_border: int, batch: int) -> None:
+    def __init__(self, upscaler: ClipUpscaler, device: torch.device, crop_border: int, batch: int,
+                 degradation=None, seed: int = 0) -> None:
         self.upscaler = upscaler
         self.device = device
         self.crop_border = crop_border
         self.batch = batch
+        self.degradation = degradation  # realistic: LR made per sequence; None: bicubic per frame
+        self.seed = seed
 
-    def frames(self, job: Job) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def frames(self, job: Job, index: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(GT cropped to a multiple of 3, LR) per frame, both uint8 CHW on the CPU."""
+        if self.degradation is not None:
+            # the whole sequence degraded as one video (drift and codec run across its frames): held in memory
+            gts = [gt for gt, _ in self._bicubic_frames(job)]
+            if not gts:
+                return
+            lq = degrade_sequence(self.degradation, torch.stack(gts), self.seed, index, self.device)
+            yield from zip(gts, lq)
+            return
+        yield from self._bicubic_frames(job)
+
+    def _bicubic_frames(self, job: Job) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # sizes known up front were checked (and announced) by main before the model was loaded
         crop = gt_crop(job, self.crop_border, announce=False) if job.gt_hw is not None else None
         for gt, lr in job.pairs():
@@ -244,10 +265,10 @@ class SequenceScorer:
                 lr = to_uint8(lr_float)  # exact: quantize put it on the 1/255 grid
             yield gt, lr
 
-    def run(self, job: Job, saver: BackgroundWriter | None, progress) -> list[list[float]]:
-        """Per frame: the 4 bicubic metrics, then the 4 model metrics."""
+    def run(self, job: Job, saver: BackgroundWriter | None, progress, index: int = 0) -> list[list[float]]:
+        """Per frame: the 4 bicubic metrics, then the 4 model metrics (`index`: the job's place in the set)."""
         rows = []
-        for batch in sliding_windows(self.frames(job), self.batch):
+        for batch in sliding_windows(self.frames(job, index), self.batch):
             lr_btchw = torch.stack([torch.stack([lr for _, lr in window]) for _, window in batch])
             gt_bchw = torch.stack([window[2][0] for _, window in batch]).to(self.device).float().div_(255)
             sr_bchw = self.upscaler(lr_btchw)
@@ -329,6 +350,11 @@ def check_outputs(args, jobs: list[Job]) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    degradation = None
+    if args.degradation == "realistic":
+        if args.lr:
+            raise InferenceError("--lr and --degradation realistic exclude each other: real LR is not degraded again")
+        degradation = build_degradation(load_config(None, ["degradation.kind=realistic"]).degradation)
     device = resolve_device(args.device)
     data = Path(args.data)
     if not data.exists():
@@ -343,11 +369,12 @@ def main(argv=None) -> int:
             gt_crop(job, args.crop_border)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
-    lr_origin = args.lr or "MATLAB bicubic x3 of GT, 8-bit"
+    lr_origin = args.lr or (f"realistic degradation (default ranges), seed {args.seed}" if degradation else
+                            "MATLAB bicubic x3 of GT, 8-bit")
     print(f"{len(jobs)} sequence{'s' if len(jobs) != 1 else ''} from {data}; LR: {lr_origin}; "
           f"crop border {args.crop_border}", file=sys.stderr)
     scorer = SequenceScorer(ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp), device,
-                            args.crop_border, args.batch)
+                            args.crop_border, args.batch, degradation, args.seed)
 
     from tqdm import tqdm
 
@@ -355,14 +382,14 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     per_sequence: dict[str, list[list[float]]] = {}
     with tqdm(total=total, unit="frame", disable=args.quiet, file=sys.stderr) as progress:
-        for job in jobs:
+        for index, job in enumerate(jobs):
             progress.set_description(job.name)
             saver = None
             if args.save:
                 saver = BackgroundWriter(PngFolder(Path(args.save) / job.name, job.frame_name),
                                          threads=min(4, os.cpu_count() or 1), max_pending=8)
             try:
-                per_sequence[job.name] = scorer.run(job, saver, progress)
+                per_sequence[job.name] = scorer.run(job, saver, progress, index)
             except BaseException:
                 if saver is not None:
                     saver.abort()

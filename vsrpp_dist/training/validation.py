@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid
 
+from ..data.degradation import degrade_sequence
 from ..data.validation_set import ValidationSet
 from ..imresize import downscale, upscale
 from ..metrics import psnr, ssim
@@ -54,22 +55,6 @@ class FixedDegradedSet:
         if seq.index not in self.cache:
             self.cache[seq.index] = degrade_sequence(self.degradation, seq.gt, self.seed, seq.index, device)
         return self.cache[seq.index]
-
-
-def degrade_sequence(degradation, gt_nchw_uint8: torch.Tensor, seed: int, index: int,
-                     device: torch.device) -> torch.Tensor:
-    """One sequence's frames degraded as one video: (N, 3, H/3, W/3) uint8 on the host. The draw comes from
-    a generator seeded by (seed, index), so `evaluate --degradation realistic --seed S` and a run with
-    run.seed=S degrade a sequence identically."""
-    import numpy as np
-
-    rng = np.random.default_rng([seed, index])
-    n = gt_nchw_uint8.shape[0]
-    plans = {k: v.unsqueeze(0) for k, v in degradation.draw(rng, n).items()}
-    gt = gt_nchw_uint8.to(device).float().div_(255).unsqueeze(0)
-    with torch.no_grad():
-        lq = degradation.apply(gt, plans)[0]
-    return lq.mul(255).round().to(torch.uint8).cpu()
 
 
 def score(sr: torch.Tensor, gt: torch.Tensor, crop_border: int) -> list[torch.Tensor]:
