@@ -304,6 +304,8 @@ class Location:
             except RemoteReadError:
                 raise
             except Exception as err:
+                if self.kind == "local":
+                    raise  # a disk error is not a network's: nothing to wait for
                 kind = classify(err)
                 if kind != "transient" or attempt >= policy.retries:
                     tries = f" after {attempt + 1} attempts" if attempt else ""
