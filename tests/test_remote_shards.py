@@ -6,6 +6,7 @@ retried, skipped and counted, or stop the start with one masked line."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import threading
@@ -372,3 +373,22 @@ def test_a_server_that_is_down_at_the_start_is_retried_then_named(tmp_path):
     assert message.startswith(f"data.train_shards: {url}/manifest.json: ") and "after 3 attempts" in message
     assert "404" not in message and "\n" not in message
     assert time.monotonic() - started < 10
+
+
+def test_evaluate_reads_a_packed_validation_set_from_http(http, val_shards, tmp_path, capsys):
+    from vsrpp_dist.inference import evaluate
+    from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
+
+    from .test_upscale import run, save_weights
+
+    weights = save_weights(tmp_path / WEIGHTS_NAME, seed=1)
+    reports = {}
+    for name, data in (("local", val_shards), ("http", f"{http[0]}/val")):
+        rc, _, err = run(capsys, evaluate, "--checkpoint", weights, "--data", data, "--json", tmp_path / name,
+                         "--quiet")
+        assert rc == 0, err
+        reports[name] = json.loads((tmp_path / name).read_text())
+    assert reports["http"].pop("data") == f"{http[0]}/val" and reports["local"].pop("data") == str(val_shards)
+    assert reports["http"] == reports["local"]
+    rc, _, err = run(capsys, evaluate, "--checkpoint", weights, "--data", f"{http[0]}/absent", "--quiet")
+    assert rc == 2 and "absent/manifest.json: HTTP 404" in err and len(err.strip().splitlines()) == 1
