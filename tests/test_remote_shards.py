@@ -392,3 +392,24 @@ def test_evaluate_reads_a_packed_validation_set_from_http(http, val_shards, tmp_
     assert reports["http"] == reports["local"]
     rc, _, err = run(capsys, evaluate, "--checkpoint", weights, "--data", f"{http[0]}/absent", "--quiet")
     assert rc == 2 and "absent/manifest.json: HTTP 404" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
+def test_bench_loader_remote_measures_http_and_s3_beside_local_in_one_run(tmp_path, capsys):
+    pytest.importorskip("moto.server")
+    from vsrpp_dist.tools import bench
+    from vsrpp_dist.tools.demo_data import write_frame_folders
+
+    frames = tmp_path / "frames"
+    write_frame_folders(frames, sequences=1, frames=12, frame_hw=(216, 288), seed=3)
+    out = tmp_path / "bench.json"
+    assert bench.main(["loader", "--frames", str(frames), "--work", str(tmp_path / "work"), "--remote",
+                       "--json", str(out), "--min-tile", "96", "--lr-patch", "16", "--batch-size", "4",
+                       "--clips", "12", "--warmup-clips", "4", "--repeats", "2"]) == 0
+    remote = json.loads(out.read_text())["remote"]
+    assert sorted(remote) == ["http", "http, no read-ahead", "s3"]
+    for summary in remote.values():
+        assert summary["median_clips_per_s"] > 0 and summary["vs_local"] > 0
+        assert len(summary["per_round_vs_local"]) == 2
+    printed = capsys.readouterr().out
+    assert "ours, s3" in printed and "x local" in printed
