@@ -413,3 +413,12 @@ def test_bench_loader_remote_measures_http_and_s3_beside_local_in_one_run(tmp_pa
         assert len(summary["per_round_vs_local"]) == 2
     printed = capsys.readouterr().out
     assert "ours, s3" in printed and "x local" in printed
+
+
+def test_fewer_shards_than_streams_warns_what_it_costs(train_shards):
+    with pytest.warns(RuntimeWarning, match=r"5 shards for 2 ranks x 4 workers = 8 streams: each shard is read by "
+                                            r"2 streams, each keeping 1 sample in 2 .* at least 8 shards"):
+        build_train_loader(train_shards, data_cfg("data.num_workers=4"), seed=0, rank=0, world_size=2, batch_size=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        build_train_loader(train_shards, data_cfg("data.num_workers=1"), seed=0, rank=0, world_size=2, batch_size=2)

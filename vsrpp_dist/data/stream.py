@@ -342,8 +342,8 @@ def build_train_loader(folder: str | Path, data_cfg, *, seed: int, rank: int, wo
     shards, streams = len(dataset.plan.shard_samples), dataset.plan.num_streams
     if dataset.plan.modulus > 1 and rank == 0:
         warnings.warn(f"{dataset.folder}: {shards} shards for {world_size} ranks x {dataset.workers} workers = "
-                      f"{streams} streams: each shard is read by {dataset.plan.modulus} streams, each keeping every "
-                      f"{dataset.plan.modulus}th sample ({dataset.plan.modulus}x the bytes read, over the network "
+                      f"{streams} streams: each shard is read by {dataset.plan.modulus} streams, each keeping 1 "
+                      f"sample in {dataset.plan.modulus} ({dataset.plan.modulus}x the bytes read, over the network "
                       f"too); pack with a smaller --shard-size for at least {streams} shards", RuntimeWarning,
                       stacklevel=2)
     workers = data_cfg.num_workers
