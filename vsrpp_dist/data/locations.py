@@ -174,7 +174,7 @@ def describe_error(err: BaseException) -> str:
         return "access denied (403)"
     if isinstance(err, FileNotFoundError) and err.__cause__ is not None:
         err = err.__cause__  # fsspec's http wrapper around a network error
-    text = str(err.args[0]) if err.args else ""
+    text = str(err).strip()
     text = text.splitlines()[0] if text else ""
     return mask(f"{type(err).__name__}: {text}" if text else type(err).__name__)
 
@@ -449,14 +449,21 @@ class PipeStream:
         if not ready:
             self.pipe.proc.kill()
             raise TimeoutError(f"the command wrote nothing for {self.timeout_s:g} s")
-        block = self.pipe.read(size)
-        if not block:  # the end: did the command succeed? (gopen's Pipe raises when it did not)
-            try:
-                self.pipe.proc.wait(self.timeout_s)
-            except subprocess.TimeoutExpired:
-                self.pipe.proc.kill()
-                raise TimeoutError(f"the command closed its output but did not end within {self.timeout_s:g} s") from None
-            self.pipe.wait_for_child()
+        try:
+            block = self.pipe.read(size)
+            if not block:  # the end: did the command succeed? (gopen's Pipe raises when it did not)
+                try:
+                    self.pipe.proc.wait(self.timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.pipe.proc.kill()
+                    raise TimeoutError(f"the command closed its output but did not end within "
+                                       f"{self.timeout_s:g} s") from None
+                self.pipe.wait_for_child()
+        except OSError:
+            if self.pipe.proc.returncode in (None, 0):
+                raise
+            # gopen's message repeats the whole command with its arguments; the status is what is new
+            raise OSError(f"the command ended with exit status {self.pipe.proc.returncode}") from None
         return block
 
     def close(self) -> None:
