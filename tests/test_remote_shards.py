@@ -318,6 +318,12 @@ def test_locations_that_cannot_work_are_refused_in_one_line():
         Location("pipe:aws s3 cp s3://bucket/x -")
     with pytest.raises(LocationError, match="no bucket named"):
         Location("s3:///prefix")
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is None:
+        with pytest.raises(LocationError, match=r"^gs://b/p: reading gs:// needs the gcsfs package "
+                                                r"\(pip install 'vsrpp-dist\[gcs\]'\)$"):
+            Location("gs://b/p")
 
 
 def test_remote_settings_are_validated_naming_the_key():
