@@ -22,16 +22,36 @@ from vsrpp_dist.data.locations import Location, LocationError, ReadAhead, Remote
 from vsrpp_dist.data.stream import build_train_loader
 from vsrpp_dist.tools.loopback import QuietFileHandler, S3Server, http_folder, s3_environment, upload_folder
 from vsrpp_dist.training.run_dir import StartRequest
-from vsrpp_dist.training.trainer import check_data
+from vsrpp_dist.training.trainer import Trainer
 
 from .conftest import TINY
 from .test_e2e_launcher import read_scalars
-from .test_trainer import fresh_accelerate_state, make_config, train  # noqa: F401 (the fixture is autouse)
+from .test_trainer import make_config, train
 
 # One worker: the remote reads then run in a forked DataLoader worker, as in real training.
 RUN = ("train.total_steps=4", "validation.every=4", "train.log_every=1", "data.num_workers=1",
        "checkpoint.rolling_every=0", "checkpoint.regular_every=0")
 FAST_FAULTS = ("data.remote_retries=2", "data.remote_backoff_s=0.01", "data.remote_timeout_s=1")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each in-process run starts clean."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def start(cfg) -> None:
+    """The real start-up, as far as its data checks (they come before the run directory is touched)."""
+    try:
+        Trainer(cfg, interactive=False)
+    finally:
+        assert not os.path.exists(cfg.run.dir), "a data problem must not leave a run directory"
 
 
 class FaultyHandler(QuietFileHandler):
@@ -274,24 +294,24 @@ def test_403_404_and_a_missing_manifest_stop_the_start_in_one_line(http, val_sha
     url, server = http
     server.plan["train/manifest.json"] = [("status", 403)] * 2  # HEAD, then fsspec tries GET
     with pytest.raises(ConfigError) as caught:
-        check_data(make_config(tmp_path, f"{url}/train", ""), 1)
+        start(make_config(tmp_path / "run", f"{url}/train", ""))
     assert str(caught.value) == f"data.train_shards: {url}/train/manifest.json: HTTP 403 Forbidden"
     asked = [r for r in server.requests if r.endswith("train/manifest.json")]
     assert len(asked) == 2, f"a 403 is not retried: {asked}"
     with pytest.raises(ConfigError, match=r"nowhere/manifest.json: HTTP 404 File not found \(no shard manifest here"):
-        check_data(make_config(tmp_path, f"{url}/nowhere", ""), 1)
+        start(make_config(tmp_path / "run", f"{url}/nowhere", ""))
     server.plan["val/" + shard_names(val_shards)[0]] = [("status", 404)] * 2
     with pytest.raises(ConfigError, match="^data.val_shards: .*validation shard val-000000.tar is missing$"):
-        check_data(make_config(tmp_path, f"{url}/train", f"{url}/val"), 1)
+        start(make_config(tmp_path / "run", f"{url}/train", f"{url}/val"))
     server.plan["train/manifest.json"] = [("status", 503)] * 6
     with pytest.raises(ConfigError, match="manifest.json: HTTP 503 Service Unavailable after 3 attempts$"):
-        check_data(make_config(tmp_path, f"{url}/train", "", *FAST_FAULTS), 1)
+        start(make_config(tmp_path / "run", f"{url}/train", "", *FAST_FAULTS))
 
 
 def test_s3_missing_bucket_or_manifest_stops_the_start_in_one_line(s3, tmp_path):
     for where in ("s3://no-such-bucket/train", "s3://shards/empty"):
         with pytest.raises(ConfigError) as caught:
-            check_data(make_config(tmp_path, where, ""), 1)
+            start(make_config(tmp_path / "run", where, ""))
         assert str(caught.value).startswith(f"data.train_shards: {where}/manifest.json: not found (404)")
         assert "\n" not in str(caught.value)
 
@@ -374,7 +394,7 @@ def test_a_server_that_is_down_at_the_start_is_retried_then_named(tmp_path):
     url = f"http://127.0.0.1:{free_port()}/train"
     started = time.monotonic()
     with pytest.raises(ConfigError) as caught:
-        check_data(make_config(tmp_path, url, "", *FAST_FAULTS), 1)
+        start(make_config(tmp_path / "run", url, "", *FAST_FAULTS))
     message = str(caught.value)
     assert message.startswith(f"data.train_shards: {url}/manifest.json: ") and "after 3 attempts" in message
     assert "404" not in message and "\n" not in message
@@ -422,9 +442,16 @@ def test_bench_loader_remote_measures_http_and_s3_beside_local_in_one_run(tmp_pa
 
 
 def test_fewer_shards_than_streams_warns_what_it_costs(train_shards):
-    with pytest.warns(RuntimeWarning, match=r"5 shards for 2 ranks x 4 workers = 8 streams: each shard is read by "
+    """Warned by rank 0's first worker when it starts reading (once per run, wherever the stream was built)."""
+    from vsrpp_dist.data.stream import ClipStream
+
+    few = ClipStream(train_shards, data_cfg(), seed=0, rank=0, world_size=8, batch_size=1)
+    with pytest.warns(RuntimeWarning, match=r"5 shards for 8 ranks x 1 workers = 8 streams: each shard is read by "
                                             r"2 streams, each keeping 1 sample in 2 .* at least 8 shards"):
-        build_train_loader(train_shards, data_cfg("data.num_workers=4"), seed=0, rank=0, world_size=2, batch_size=2)
+        next(iter(few))
+    enough = ClipStream(train_shards, data_cfg(), seed=0, rank=0, world_size=4, batch_size=1)
+    other_rank = ClipStream(train_shards, data_cfg(), seed=0, rank=1, world_size=8, batch_size=1)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        build_train_loader(train_shards, data_cfg("data.num_workers=1"), seed=0, rank=0, world_size=2, batch_size=2)
+        next(iter(enough))
+        next(iter(other_rank))

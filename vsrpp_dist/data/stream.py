@@ -286,6 +286,8 @@ class ClipStream(IterableDataset):
         stream = self.rank * workers + logical
         skip_batches = max(0, (self.start_batch - logical + workers - 1) // workers)
         where = f"rank {self.rank} worker {logical}"
+        if self.rank == 0 and physical == 0 and self.plan.modulus > 1:
+            self._warn_shards_are_read_several_times()
         reader = ShardReader(self.location, self.manifest["shards"], self.cfg.verify_checksums, where)
         clips = self._clips(stream, skip_batches * self.batch_size, reader, where)
         reported = (0, 0)
@@ -297,6 +299,14 @@ class ClipStream(IterableDataset):
             out["skipped"] = (counts[0] - reported[0], counts[1] - reported[1])
             reported = counts
             yield out
+
+    def _warn_shards_are_read_several_times(self) -> None:
+        """Once per run (rank 0, its first worker): too few shards cost bytes, over the network above all."""
+        m, streams = self.plan.modulus, self.plan.num_streams
+        warnings.warn(f"{self.folder}: {len(self.plan.shard_samples)} shards for {self.world_size} ranks x "
+                      f"{self.workers} workers = {streams} streams: each shard is read by {m} streams, each keeping "
+                      f"1 sample in {m} ({m}x the bytes read, over the network too); pack with a smaller "
+                      f"--shard-size for at least {streams} shards", RuntimeWarning, stacklevel=3)
 
     def _clips(self, stream: int, skip: int, reader: ShardReader, where: str) -> Iterator[dict[str, torch.Tensor]]:
         epoch = 0
@@ -339,13 +349,6 @@ def build_train_loader(folder: str | Path, data_cfg, *, seed: int, rank: int, wo
     its own split only and dispatch slices of it: half the data never seen)."""
     dataset = ClipStream(folder, data_cfg, seed=seed, rank=rank, world_size=world_size,
                          batch_size=batch_size, start_batch=start_batch)
-    shards, streams = len(dataset.plan.shard_samples), dataset.plan.num_streams
-    if dataset.plan.modulus > 1 and rank == 0:
-        warnings.warn(f"{dataset.folder}: {shards} shards for {world_size} ranks x {dataset.workers} workers = "
-                      f"{streams} streams: each shard is read by {dataset.plan.modulus} streams, each keeping 1 "
-                      f"sample in {dataset.plan.modulus} ({dataset.plan.modulus}x the bytes read, over the network "
-                      f"too); pack with a smaller --shard-size for at least {streams} shards", RuntimeWarning,
-                      stacklevel=2)
     workers = data_cfg.num_workers
     return DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                       prefetch_factor=data_cfg.prefetch_batches if workers > 0 else None,
