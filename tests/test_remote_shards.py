@@ -24,10 +24,10 @@ from vsrpp_dist.tools.loopback import QuietFileHandler, S3Server, http_folder, s
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trainer import Trainer
 
-from .conftest import TINY
 from .test_e2e_launcher import read_scalars
 from .test_trainer import make_config, train
 
+TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 # One worker: the remote reads then run in a forked DataLoader worker, as in real training.
 RUN = ("train.total_steps=4", "validation.every=4", "train.log_every=1", "data.num_workers=1",
        "checkpoint.rolling_every=0", "checkpoint.regular_every=0")
