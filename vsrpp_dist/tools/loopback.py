@@ -4,6 +4,7 @@ Nothing here listens on any other address."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.server
 import os
@@ -63,6 +64,7 @@ class ServerProcess:
     def start(self, ready_within_s: float = 60.0) -> None:
         self.process = subprocess.Popen(self.command, cwd=self.cwd, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(self.kill)  # a caller that dies of an exception leaves no server behind
         deadline = time.monotonic() + ready_within_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
