@@ -101,7 +101,7 @@ def block_edge_ratio(error: torch.Tensor, block: int) -> float:
     return float(steps[block - 1::block].mean() / torch.cat([steps[i::block] for i in range(block - 1)]).mean())
 
 
-@pytest.mark.parametrize("codec, block, min_ratio", [("mpeg4", 8, 1.5), ("libx264", 16, 1.15)])
+@pytest.mark.parametrize("codec, block, min_ratio", [("mpeg4", 8, 1.8), ("libx264", 16, 1.4)])
 def test_the_codec_stage_is_a_real_codec_with_visible_blocks(codec, block, min_ratio):
     """Low bitrate on smooth content: the error jumps at the codec's block edges (mpeg4: 8x8 DCT blocks;
     x264 deblocks, yet its 16x16 macroblocks still show), and more bits bring the frames closer."""
@@ -112,10 +112,15 @@ def test_the_codec_stage_is_a_real_codec_with_visible_blocks(codec, block, min_r
     assert np.array_equal(out, D.video_codec(planes, codec, "bitrate", 5e3))  # the same bytes every run
     assert not np.array_equal(out, planes)
     luma_error = torch.from_numpy(out[:, :96].astype(np.float64) - planes[:, :96].astype(np.float64))
-    assert block_edge_ratio(luma_error, block) > min_ratio
-    worse = (D.yuv420_to_rgb(out, x) - x).abs().mean()
-    better = (D.yuv420_to_rgb(D.video_codec(planes, codec, "bitrate", 4e5), x) - x).abs().mean()
-    assert better < worse and worse > 1.5 / 255
+    assert block_edge_ratio(luma_error[:1], block) > min_ratio  # the intra frame (the rest predict from it)
+    colour_conversion_only = (D.yuv420_to_rgb(planes, x) - x).abs().mean()
+    assert (D.yuv420_to_rgb(out, x) - x).abs().mean() > 2 * colour_conversion_only
+    # with texture to spend bits on, fewer bits bring the frames further from the input
+    textured = (0.85 * x + 0.15 * torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    textured_planes = D.rgb_to_yuv420(textured)
+    errors = [(D.yuv420_to_rgb(D.video_codec(textured_planes, codec, "bitrate", rate), x) - textured).abs().mean()
+              for rate in (1e4, 4e5)]
+    assert errors[0] > errors[1]
 
 
 def test_noise_is_seeded_per_frame_and_grey_noise_is_the_same_in_every_channel():

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -596,3 +597,124 @@ def test_ctrl_c_or_kill_on_a_real_process(tmp_path, photo, signum, code, word):
     assert proc.returncode == code
     one_line_error(err, word, ".partial")
     assert_nothing_complete(tmp_path / "out")
+
+
+# -- packing to a bucket, verifying where the shards lie ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bucket():
+    """A real S3-compatible server (moto's, on 127.0.0.1) with an empty bucket."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    from vsrpp_dist.data.locations import Location
+    from vsrpp_dist.tools.loopback import S3Server, s3_environment
+
+    server = S3Server()
+    with s3_environment(server.env):
+        Location("s3://packed/x").filesystem().mkdir("packed")
+        yield "s3://packed"
+    server.kill()
+
+
+def bucket_source(tmp_path: Path, photo) -> Path:
+    for i in range(3):
+        write_frames(tmp_path / "src" / f"{i:03d}", pan(photo, 7, 48, 60, start=i))
+    return tmp_path / "src"
+
+
+def test_pack_to_a_bucket_uploads_the_same_shards_and_the_manifest_last(tmp_path, capsys, photo, bucket,
+                                                                        monkeypatch):
+    from vsrpp_dist.data.locations import Location
+
+    src = bucket_source(tmp_path, photo)
+    args = ("--min-tile", 24, "--shard-size", "20K")
+    assert run_pack(capsys, src, tmp_path / "local", *args)[0] == 0
+    uploads = []
+    real_upload = Location.upload
+
+    def upload(self, local, name):
+        manifest_there = "manifest.json" in self.names()
+        uploads.append((name, manifest_there, sorted(p.name for p in Path(local).parent.iterdir())))
+        return real_upload(self, local, name)
+
+    monkeypatch.setattr(Location, "upload", upload)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "staging"))
+    (tmp_path / "staging").mkdir()
+    rc, out, _ = run_pack(capsys, src, f"{bucket}/one", *args)
+    assert rc == 0 and f"-> {bucket}/one" in out
+    local = read_manifest(tmp_path / "local")
+    remote = read_manifest(f"{bucket}/one")
+    assert [s["sha256"] for s in remote["shards"]] == [s["sha256"] for s in local["shards"]]
+    assert len(remote["shards"]) >= 3
+    names = [name for name, _, _ in uploads]
+    assert names == [s["file"] for s in local["shards"]] + ["manifest.json"], names
+    assert not any(manifest_there for _, manifest_there, _ in uploads), "the manifest comes last"
+    assert all(len([n for n in staged if n.endswith(".tar.partial")]) <= 2 for _, _, staged in uploads)
+    assert list((tmp_path / "staging").iterdir()) == [], "the staging folder is removed"
+    # what was uploaded is a dataset: every checksum verifies where it lies
+    rc, out, _ = run_pack_verify(capsys, f"{bucket}/one")
+    assert rc == 0 and f"verified {len(local['shards'])} shards" in out and "every size and sha256 matches" in out
+    # and the prefix now holds a manifest: refused, nothing overwritten
+    monkeypatch.undo()
+    rc, _, err = run_pack(capsys, src, f"{bucket}/one", *args)
+    assert rc == 2
+    one_line_error(err, f"{bucket}/one: already holds manifest.json", "nothing was overwritten")
+
+
+def run_pack_verify(capsys, where) -> tuple[int, str, str]:
+    rc = pack.main(["--verify", str(where), "--quiet"])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_a_failed_upload_leaves_no_manifest_and_says_so_in_one_line(tmp_path, capsys, photo, bucket, monkeypatch):
+    from vsrpp_dist.data.locations import Location, RemoteWriteError
+
+    src = bucket_source(tmp_path, photo)
+    real_upload = Location.upload
+    calls = {"n": 0}
+
+    def upload(self, local, name):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RemoteWriteError(f"uploading failed: {self.display(name)}: HTTP 503 Slow Down after 4 attempts")
+        return real_upload(self, local, name)
+
+    monkeypatch.setattr(Location, "upload", upload)
+    rc, _, err = run_pack(capsys, src, f"{bucket}/broken", "--min-tile", 24, "--shard-size", "20K")
+    assert rc == 1
+    one_line_error(err, "uploading failed", "train-000001.tar", "without a manifest", "remove them")
+    monkeypatch.undo()
+    assert "manifest.json" not in Location(f"{bucket}/broken").names()
+    rc, _, err = run_pack(capsys, src, f"{bucket}/broken", "--min-tile", 24)
+    assert rc == 2 and "train-000000.tar" in err, "what the failed pack left is refused, not overwritten"
+
+
+def test_verify_names_every_shard_that_does_not_match(tmp_path, capsys, photo, bucket):
+    from vsrpp_dist.data.locations import Location
+
+    src = bucket_source(tmp_path, photo)
+    out = tmp_path / "out"
+    assert run_pack(capsys, src, out, "--min-tile", 24, "--shard-size", "20K")[0] == 0
+    manifest = read_manifest(out)
+    first, second, third = (out / s["file"] for s in manifest["shards"][:3])
+    data = bytearray(first.read_bytes())
+    data[700] ^= 0xFF
+    first.write_bytes(bytes(data))
+    second.write_bytes(second.read_bytes()[:1000])
+    third.unlink()
+    rc, text, _ = run_pack_verify(capsys, out)
+    assert rc == 1
+    lines = text.splitlines()
+    assert f"{first.name}: sha256 differs from the manifest (same size: the content changed)" in lines
+    assert f"{second.name}: 1000 bytes, the manifest says {manifest['shards'][1]['bytes']}" in lines
+    assert any(line.startswith(f"{third.name}: unreadable (") for line in lines)
+    assert lines[-1] == f"3 of {len(manifest['shards'])} shards at {out} do not match the manifest"
+    # the same damage, found where it lies in a bucket
+    Location(f"{bucket}/damaged").names()
+    for path in sorted(out.iterdir(), key=lambda p: p.name == "manifest.json"):
+        Location(f"{bucket}/damaged").upload(path, path.name)
+    rc, text, _ = run_pack_verify(capsys, f"{bucket}/damaged")
+    assert rc == 1 and f"{third.name}: unreadable ({bucket}/damaged/{third.name}: not found (404))" in text
+    assert run_pack_verify(capsys, tmp_path / "nothing")[0] == 2

@@ -37,7 +37,7 @@ def stream_keys(shards, *, world_size, workers, epoch=0, seed=0):
                         world_size=world_size, batch_size=1)
         for worker in range(max(1, workers)):
             stream = rank * max(1, workers) + worker
-            reader = ShardReader(ds.folder, ds.manifest["shards"], True, "test")
+            reader = ShardReader(ds.location, ds.manifest["shards"], True, "test")
             out[(rank, worker)] = [s["__key__"] for s in ds._epoch_samples(epoch, stream, reader)]
     return out
 

@@ -93,15 +93,24 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train_shards: str = setting("", "folder written by `python -m vsrpp_dist.pack` (holds manifest.json)")
-    val_shards: str = setting("", "validation folder written by `pack --val`; empty: no validation")
+    train_shards: str = setting("", "where `python -m vsrpp_dist.pack` wrote (holds manifest.json): a folder, "
+                                "s3://bucket/prefix, gs://bucket/prefix, http(s)://host/prefix or pipe:CMD {name}")
+    val_shards: str = setting("", "validation shards written by `pack --val` (same forms); empty: no validation")
     lr_patch_size: int = setting(64, "LR patch edge in pixels (GT patch is 3x)", min=8)
     batch_size_per_gpu: int = setting(8, "clips per forward pass on one rank", min=1)
     num_workers: int = setting(4, "loader worker processes per rank (0: load in the training process)", min=0)
     shuffle_buffer_mb: int = setting(256, "per-worker shuffle buffer of raw samples, in MB", min=0)
     prefetch_batches: int = setting(4, "batches each worker prepares ahead", min=1)
     pin_memory: bool = setting(True, "page-locked host batches for asynchronous copies (GPU only)")
-    verify_checksums: bool = setting(True, "check each shard's sha256 against the manifest on first use")
+    verify_checksums: bool = setting(True, "check each shard's sha256 against the manifest on first use (remote "
+                                     "shards: while they are read)")
+    remote_retries: int = setting(3, "retries of a remote file after a transient fault (reset, 5xx, timeout) "
+                                  "before the shard is skipped and counted", min=0, max=100)
+    remote_backoff_s: float = setting(1.0, "wait before the first retry, doubling each time", min=0.0, max=300.0)
+    remote_timeout_s: float = setting(30.0, "a remote connection or read that gets nothing for this long fails",
+                                      min=0.1, max=600.0)
+    read_ahead_mb: int = setting(32, "per loader worker, MB of a remote shard read ahead of decoding "
+                                 "(0: read in the worker's own thread)", min=0, max=65536)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig,
                                                metadata={"doc": "augmentations of training clips"})
 

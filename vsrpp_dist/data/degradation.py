@@ -321,6 +321,22 @@ def yuv420_to_rgb(planes: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return rgb.clamp_(0, 1)
 
 
+def yuv420_frame(planes_hw: np.ndarray, w: int, h: int):
+    """A PyAV frame whose every byte is written, the row padding too (the edge repeated): encoders read
+    past the visible width, and memory they read must not differ from run to run."""
+    import av
+
+    frame = av.VideoFrame(w, h, "yuv420p")
+    flat = planes_hw.reshape(-1)
+    start = 0
+    for plane in frame.planes:
+        visible = flat[start:start + plane.width * plane.height].reshape(plane.height, plane.width)
+        start += plane.width * plane.height
+        rows = np.pad(visible, ((0, 0), (0, plane.line_size - plane.width)), mode="edge")
+        plane.update(np.ascontiguousarray(rows).tobytes())
+    return frame
+
+
 def video_codec(planes: np.ndarray, codec: str, control: str, rate: float) -> np.ndarray:
     """yuv420p frames (T, 3H/2, W) encoded as one stream and decoded again, in memory (PyAV): the
     blocks, ringing and temporal smearing of a real codec, the same bytes on every run. The colour
@@ -332,11 +348,10 @@ def video_codec(planes: np.ndarray, codec: str, control: str, rate: float) -> np
     enc.width, enc.height, enc.pix_fmt = w, rows * 2 // 3, "yuv420p"
     enc.time_base, enc.framerate = fractions.Fraction(1, FPS), fractions.Fraction(FPS, 1)
     enc.thread_count = 1
-    # Both encoders made identical inputs encode differently now and then (1 in ~100 runs here, even with
-    # one thread), which would break exact resume: x264 through its macroblock-tree rate control, FFmpeg's
-    # mpeg4 through its motion search (it reads memory it never wrote). Without those, every run gives
-    # the same bytes; the mpeg4 stream still predicts frames from frames, only with zero motion.
-    options = {"threads": "1", "x264-params": "no-mbtree=1"} if codec == "libx264" else {"motion_est": "zero"}
+    # x264 made identical inputs encode differently now and then (1 in ~100 runs here, even with one
+    # thread) through its macroblock-tree rate control, which would break exact resume; without it every
+    # run gives the same bytes.
+    options = {"threads": "1", "x264-params": "no-mbtree=1"} if codec == "libx264" else {}
     if control == "crf":
         options["crf"] = str(int(rate))
     else:
@@ -344,12 +359,15 @@ def video_codec(planes: np.ndarray, codec: str, control: str, rate: float) -> np
     enc.options = options
     stream = []
     for i, frame in enumerate(planes):
-        vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="yuv420p")
+        vf = yuv420_frame(frame, w, rows * 2 // 3)
         vf.pts = i
         stream += [bytes(p) for p in enc.encode(vf)]
     stream += [bytes(p) for p in enc.encode(None)]
     dec = av.CodecContext.create(CODEC_DECODERS[codec], "r")
     dec.thread_count = 1
+    # FFmpeg's mpeg4 decoder takes some low-bitrate frames it decoded whole for damaged ("slice end not
+    # reached") and "conceals" them from memory it never wrote; our streams are never damaged.
+    dec.options = {"ec": "0"}
     out = [f.to_ndarray() for data in stream for f in dec.decode(av.Packet(data))]
     out += [f.to_ndarray() for f in dec.decode(None)]
     if len(out) != t:

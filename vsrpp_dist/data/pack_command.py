@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from ..cli import OneLineParser, int_at_least
 from ..errors import PackError
+from .locations import Location, LocationError, RemoteReadError
 from .packer import (
     MIN_FRAMES,
     PackOptions,
@@ -46,6 +48,7 @@ from .packer import (
     SegmentTask,
     SequenceResult,
     ShardSink,
+    ShardUploader,
     combine_segments,
     pack_segment,
     plan_segments,
@@ -59,6 +62,8 @@ from .shard_format import (
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
     SCALE,
+    ShardFormatError,
+    read_manifest,
 )
 from .sources import Sequence, SequenceError, Source, SourceError, count_frames, scan_source
 
@@ -101,7 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(x3 VSR, lossless GT). Training shards (default) hold tile runs: one spatial tile "
                     "of one sequence over --frames-per-sample consecutive frames; --val shards hold "
                     "whole frames in sequence order.",
-        epilog="Sequences that cannot be used (fewer than 5 frames, an unreadable frame, a video that "
+        epilog="OUT may also be s3://bucket/prefix or gs://bucket/prefix: shards are staged in a temporary "
+               "folder, uploaded one by one, and the manifest last. `--verify LOCATION` checks every shard's "
+               "size and sha256 against the manifest where it lies. "
+               "Sequences that cannot be used (fewer than 5 frames, an unreadable frame, a video that "
                "fails to decode, mixed frame sizes, LR of the wrong size) are skipped whole and listed. "
                "Frames whose height or width is not divisible by 3 are cropped at the bottom/right. "
                "Output does not depend on --workers: the same input gives byte-identical shards.")
@@ -110,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "a .txt list of such paths (one per line, '#' comments, relative to the list)")
     parser.add_argument("out", metavar="OUT",
                         help="output folder (created if missing; must hold no earlier shards, manifest "
-                             "or .partial files)")
+                             "or .partial files), or s3://bucket/prefix, gs://bucket/prefix (the same holds)")
     parser.add_argument("--val", action="store_true",
                         help="write the validation layout: whole frames, one sample per frame, "
                              "sequences in order (default: training tile runs)")
@@ -310,10 +318,29 @@ def tool_version() -> str:
         return getattr(vsrpp_dist, "__version__", "unknown")
 
 
-def pack(srcs: list[str], out: Path, lr_srcs: list[str], options: PackOptions, workers: int,
+def check_bucket_prefix(destination: Location) -> None:
+    """Refuse a bucket prefix that holds anything a pack writes, above all a manifest; nothing there is
+    ever overwritten."""
+    clashes = [name for name in destination.names()
+               if name.endswith((".tar", PARTIAL_SUFFIX)) or name == MANIFEST_NAME]
+    if clashes:
+        listed = ", ".join(clashes[:3]) + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else "")
+        raise PackError(f"{destination.display()}: already holds {listed} from an earlier or unfinished pack; "
+                        "pack into an empty prefix (nothing was overwritten)")
+
+
+def pack(srcs: list[str], out: Path | str | Location, lr_srcs: list[str], options: PackOptions, workers: int,
          vimeo_list: str = "auto", quiet: bool = False) -> dict:
-    """Plan, encode, shard, and write the manifest; returns the manifest. Raises PackError for user
-    errors (nothing written), OSError for write failures (only .partial files left)."""
+    """Plan, encode, shard, and write the manifest; returns the manifest. `out` is a folder, or an
+    s3:// / gs:// prefix (see pack_to_bucket). Raises PackError for user errors (nothing written),
+    OSError for write failures (only .partial files left; in a bucket, shards without a manifest)."""
+    destination = out if isinstance(out, Location) else Location(str(out))
+    if destination.kind == "object":
+        return pack_to_bucket(srcs, destination, lr_srcs, options, workers, vimeo_list, quiet)
+    if not destination.is_local:
+        raise PackError(f"{destination.display()}: pack writes to a folder, s3://bucket/prefix or gs://bucket/prefix "
+                        "(http(s) and pipe: locations are read-only)")
+    out = destination.path
     started = time.monotonic()
     check_output_folder(out)
     plan = plan_pack(srcs, lr_srcs, options.split, vimeo_list)
@@ -329,6 +356,33 @@ def pack(srcs: list[str], out: Path, lr_srcs: list[str], options: PackOptions, w
         shards = sink.commit()
     manifest = build_manifest(plan, lr_srcs, options, sequences, shards, skipped, time.monotonic() - started)
     write_json_atomically(out / MANIFEST_NAME, manifest)  # last: its presence means "complete"
+    return manifest
+
+
+def pack_to_bucket(srcs: list[str], destination: Location, lr_srcs: list[str], options: PackOptions, workers: int,
+                   vimeo_list: str, quiet: bool) -> dict:
+    """The same pack, staged in a temporary local folder: each finished shard is uploaded (one object,
+    whole or not at all) and its local copy deleted while the next is written; the manifest is uploaded
+    last, so a half-done upload is never a usable dataset."""
+    started = time.monotonic()
+    check_bucket_prefix(destination)
+    plan = plan_pack(srcs, lr_srcs, options.split, vimeo_list)
+    if not plan.candidates:
+        raise PackError(_nothing_usable(plan.skipped))
+    with tempfile.TemporaryDirectory(prefix="vsrpp-pack-") as staging_name:
+        staging = Path(staging_name)
+        with ShardUploader(destination) as uploader, \
+                ShardSink(staging, options.split, options.shard_size, publish=uploader.submit) as sink:
+            sequences, skipped = encode_all(plan, staging, sink, options, workers, quiet)
+            if not sequences:
+                raise PackError(_nothing_usable(skipped))
+            shards = sink.commit()
+            uploader.finish()
+        manifest = build_manifest(plan, lr_srcs, options, sequences, shards, skipped, time.monotonic() - started)
+        write_json_atomically(staging / MANIFEST_NAME, manifest)
+        if MANIFEST_NAME in destination.names():  # checked before packing; something else wrote there since
+            raise FileExistsError(f"{destination.display(MANIFEST_NAME)} appeared while packing; not overwriting it")
+        destination.upload(staging / MANIFEST_NAME, MANIFEST_NAME)  # last: its presence means "complete"
     return manifest
 
 
@@ -479,8 +533,21 @@ def _raise_terminated(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verify" in argv:
+        args = build_verify_parser().parse_args(argv)
+        return verify(args.verify, quiet=args.quiet)
     args = build_parser().parse_intermixed_args(argv)  # options may sit between SRC and OUT
-    srcs, out = args.srcs, Path(args.out)
+    srcs = args.srcs
+    try:
+        destination = Location(args.out)
+    except LocationError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    out = destination.path if destination.is_local else destination.display()
+    remote = destination.kind == "object"
+    left = (f"shards uploaded so far stay in {out} without a manifest (not a usable dataset); remove them"
+            if remote else f"unfinished files in {out} end in {PARTIAL_SUFFIX}; delete them")
     if args.val and (args.frames_per_sample is not None or args.min_tile is not None):
         print(f"{PROG}: warning: --frames-per-sample and --min-tile have no effect with --val "
               "(validation samples are whole frames)", file=sys.stderr)
@@ -492,31 +559,89 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        manifest = pack(srcs, out, args.lr, options, args.workers, args.vimeo_list, args.quiet)
-    except (PackError, SourceError) as err:
+        manifest = pack(srcs, destination, args.lr, options, args.workers, args.vimeo_list, args.quiet)
+    except (PackError, SourceError, LocationError) as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as err:
         what = "terminated" if isinstance(err, Terminated) else "interrupted"
-        print(f"{PROG}: {what}; nothing complete was written to {out} (unfinished files there end "
-              f"in {PARTIAL_SUFFIX}; delete them before packing into it again)", file=sys.stderr)
+        print(f"{PROG}: {what}; nothing complete was written to {out} ({left} before packing into it again)",
+              file=sys.stderr)
         return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
     except BrokenProcessPool:
         print(f"{PROG}: error: a worker process died (killed, or out of memory?); nothing complete was "
-              f"written (unfinished files in {out} end in {PARTIAL_SUFFIX}; delete them, and pack again, "
-              "perhaps with fewer --workers)", file=sys.stderr)
+              f"written ({left}, and pack again, perhaps with fewer --workers)", file=sys.stderr)
         return EXIT_WRITE_FAILED
     except OSError as err:
         where = f" {err.filename}" if err.filename else ""
-        print(f"{PROG}: error: writing failed{where}: {err.strerror or err}; nothing complete was written "
-              f"(unfinished files in {out} end in {PARTIAL_SUFFIX}; free space or pick another folder, "
-              "delete them, and pack again)", file=sys.stderr)
+        what = str(err) if remote else f"writing failed{where}: {err.strerror or err}"
+        print(f"{PROG}: error: {what}; nothing complete was written ({left}, fix the cause, and pack again)",
+              file=sys.stderr)
         return EXIT_WRITE_FAILED
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     print("\n".join(summary_lines(manifest, out)))
     return 0
+
+
+# -- verifying a packed dataset where it lies --------------------------------------------------------
+
+
+def build_verify_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=f"{PROG} --verify",
+                           description="Read every shard a manifest lists, where it lies (a folder, s3://, gs://, "
+                                       "http(s)://, pipe:), and check its size and sha256 against the manifest.")
+    parser.add_argument("--verify", required=True, metavar="LOCATION", help="where the manifest and shards are")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def verify(where: str, quiet: bool = False) -> int:
+    """0: every shard matches its manifest entry; 1: some do not (one line each); 2: no usable manifest."""
+    try:
+        location = Location(where)
+        manifest = read_manifest(location)
+    except ShardFormatError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    shards = manifest["shards"]
+    problems = []
+    with _progress_bar(total=sum(int(s.get("bytes", 0)) for s in shards), unit="B", unit_scale=True,
+                       desc="verifying", file=sys.stderr, disable=quiet, dynamic_ncols=True) as progress:
+        for entry in shards:
+            problem = _verify_shard(location, entry, progress)
+            if problem:
+                problems.append(f"{entry['file']}: {problem}")
+    where_shown = location.display()
+    if problems:
+        print("\n".join(problems))
+        print(f"{len(problems)} of {_count(len(shards), 'shard')} at {where_shown} do not match the manifest")
+        return 1
+    size = _human_bytes(sum(int(s.get("bytes", 0)) for s in shards))
+    print(f"verified {_count(len(shards), 'shard')} ({size}) at {where_shown}: every size and sha256 matches "
+          "the manifest")
+    return 0
+
+
+def _verify_shard(location: Location, entry: dict, progress) -> str | None:
+    reader = None
+    try:
+        reader = location.open_reader(entry["file"], hashing=True)  # no size: a short file is a finding
+        while block := reader.read(1 << 20):
+            progress.update(len(block))
+    except RemoteReadError as err:
+        return f"unreadable ({err})"
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    finally:
+        if reader is not None:
+            reader.close()
+    if reader.bytes != entry.get("bytes"):
+        return f"{reader.bytes} bytes, the manifest says {entry.get('bytes')}"
+    if reader.sha256.hexdigest() != entry.get("sha256"):
+        return "sha256 differs from the manifest (same size: the content changed)"
+    return None
 
 
 cli = main  # what `python -m vsrpp_dist.pack` and `vsrpp pack` run

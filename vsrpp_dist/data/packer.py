@@ -395,10 +395,13 @@ class ShardSink:
     """Appends samples to `split-NNNNNN.tar.partial` shards, starting a new one before a sample would
     push the current one past `shard_size`; a sample is never split across shards."""
 
-    def __init__(self, out: Path, split: str, shard_size: int):
+    def __init__(self, out: Path, split: str, shard_size: int, publish: Callable[[Path, str], None] | None = None):
+        """publish(local_file, final_name): when given (packing to a bucket), each shard is handed to it as
+        soon as it is closed, under its final name, instead of being renamed in `out` at commit()."""
         self.out = Path(out)
         self.split = split
         self.shard_size = shard_size
+        self.publish = publish
         self.shards: list[_Shard] = []
         self._file: _HashingFile | None = None
         self._writer = None
@@ -467,16 +470,23 @@ class ShardSink:
         shard = self.shards[-1]
         shard.bytes, shard.sha256 = self._file.bytes, self._file.hexdigest()
         self._writer = self._file = None
+        if self.publish is not None:
+            self.publish(shard.partial, shard.final.name)
 
     def commit(self) -> list[dict]:
         """Close the last shard and give every shard its final name; returns the manifest entries."""
         self._close_current()
+        if self.publish is not None:
+            return self._entries()
         for shard in self.shards:
             if shard.final.exists():  # checked before packing; something else wrote there since
                 raise FileExistsError(f"{shard.final} appeared while packing; not overwriting it")
         for shard in self.shards:
             os.rename(shard.partial, shard.final)
         _fsync_dir(self.out)
+        return self._entries()
+
+    def _entries(self) -> list[dict]:
         return [{"file": s.final.name, "samples": s.samples, "bytes": s.bytes, "sha256": s.sha256,
                  "sequences": [s.first_seq, s.last_seq]} for s in self.shards]
 
@@ -500,3 +510,42 @@ def write_json_atomically(path: Path, obj) -> None:
     """`path.partial` first, fsync, then rename: a reader never sees half a file."""
     atomic_write_text(path, json.dumps(obj, indent=1) + "\n", durable=True, overwrite=False,
                       temporary=path.with_name(path.name + PARTIAL_SUFFIX))
+
+
+class ShardUploader:
+    """Uploads finished shards to a bucket in a background thread while the next one is written; at most
+    one upload is in flight, so the staging folder holds at most two shards. Each uploaded shard's local
+    file is deleted. An upload's error surfaces at the next submit() or at finish()."""
+
+    def __init__(self, destination) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.destination = destination
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vsrpp-upload")
+        self._pending = None
+        self.uploaded: list[str] = []
+
+    def submit(self, local: Path, name: str) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._upload, Path(local), name)
+
+    def _upload(self, local: Path, name: str) -> None:
+        self.destination.upload(local, name)
+        self.uploaded.append(name)
+        local.unlink()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def finish(self) -> None:
+        self._wait()
+
+    def __enter__(self) -> ShardUploader:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # on a failure the upload in flight is allowed to end (a half-sent object never appears in a
+        # bucket); nothing new starts
+        self._pool.shutdown(wait=True, cancel_futures=True)

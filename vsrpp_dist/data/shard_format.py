@@ -18,7 +18,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -152,20 +152,40 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """Load and sanity-check OUT/manifest.json; `folder` may also be the manifest file itself."""
-    folder = Path(folder)
-    path = folder if folder.suffix == ".json" else folder / MANIFEST_NAME
-    if not path.is_file():
-        if (path.parent / (MANIFEST_NAME + PARTIAL_SUFFIX)).exists():
-            raise ShardFormatError(f"{path.parent}: packing did not finish (only {MANIFEST_NAME}{PARTIAL_SUFFIX} "
-                                   "exists); pack again into an empty folder")
-        raise ShardFormatError(f"{path}: no shard manifest here (make one with `python -m vsrpp_dist.pack`)")
+def read_manifest(where) -> dict[str, Any]:
+    """Load and sanity-check manifest.json. `where` is a folder (or the manifest file itself), a
+    location string (s3://, gs://, http(s)://, pipe:) or a `locations.Location`. The manifest's
+    "_folder" names where it came from (masked), for messages."""
+    from .locations import Location
+
+    location = where if isinstance(where, Location) else None
+    if location is None:
+        text = str(where)
+        if Path(text).suffix == ".json" and "://" not in text and not text.startswith("pipe:"):
+            text = str(Path(text).parent)
+        location = Location(text)
+    if location.is_local:
+        path = location.path / MANIFEST_NAME
+        if not path.is_file():
+            if (path.parent / (MANIFEST_NAME + PARTIAL_SUFFIX)).exists():
+                raise ShardFormatError(f"{path.parent}: packing did not finish (only {MANIFEST_NAME}{PARTIAL_SUFFIX} "
+                                       "exists); pack again into an empty folder")
+            raise ShardFormatError(f"{path}: no shard manifest here (make one with `python -m vsrpp_dist.pack`)")
+        raw = path.read_bytes()
+    else:
+        from .locations import LocationError, RemoteReadError
+
+        path = location.display(MANIFEST_NAME)
+        try:
+            raw = location.read_bytes(MANIFEST_NAME)
+        except RemoteReadError as err:
+            hint = " (no shard manifest here: make one with `python -m vsrpp_dist.pack`)" if err.kind == "missing" else ""
+            raise LocationError(f"{err}{hint}") from None
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ShardFormatError(f"{path}: manifest is not valid JSON ({err})") from None
-    if manifest.get("format") != FORMAT_NAME:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise ShardFormatError(f"{path}: not a {FORMAT_NAME} manifest")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ShardFormatError(f"{path}: format version {manifest.get('format_version')} "
@@ -176,15 +196,34 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise ShardFormatError(f"{path}: unknown codec {manifest.get('codec')!r}")
     if not manifest.get("shards"):
         raise ShardFormatError(f"{path}: the manifest lists no shards")
-    manifest["_folder"] = str(path.parent)
+    manifest["_folder"] = str(location.path) if location.is_local else location.display()
     return manifest
 
 
-def read_split_manifest(folder: str | Path, split: str, setting: str) -> dict:
-    """The manifest of a folder that must hold the given split ("train" or "val"); both readers refuse
+def read_split_manifest(where, split: str, setting: str) -> dict:
+    """The manifest of a location that must hold the given split ("train" or "val"); both readers refuse
     the other split with the same error, naming the config key."""
-    manifest = read_manifest(folder)
+    manifest = read_manifest(where)
     if manifest.get("split") != split:
         how = "with --val" if split == "val" else "without --val"
-        raise ShardFormatError(f"{folder}: holds a {manifest.get('split')!r} split; {setting} needs shards packed {how}")
+        raise ShardFormatError(f"{manifest['_folder']}: holds a {manifest.get('split')!r} split; {setting} needs shards packed {how}")
     return manifest
+
+
+# -- reading samples back ----------------------------------------------------------------------------
+
+
+def tar_samples(stream) -> Iterator[dict[str, bytes]]:
+    """The samples of one shard, in file order: {"__key__": key, field: bytes, ...}.
+
+    WebDataset's own tar iteration and grouping (tar_file_iterator, group_by_keys), so members group
+    into samples exactly as any WebDataset reader groups them. Its "__url__" entry is dropped: a sample is
+    its key and its fields, so that what a shuffle buffer counts in bytes (stream.py) is the same
+    wherever the shard was read from. (Every member's bytes are read, also those of samples a stream
+    does not keep: a tar stream has to pass them anyway, locally and over the network alike.)"""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    files = ({**member, "__url__": ""} for member in tar_file_iterator(stream))
+    for sample in group_by_keys(files):
+        del sample["__url__"]
+        yield sample

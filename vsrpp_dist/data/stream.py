@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..errors import DataStreamError
 from ..signals import detach_worker_from_signals
 from . import shard_format as fmt
+from .locations import Location, LocationError, RemoteReadError, RetryPolicy
 
 CLIP_FRAMES = 5
 
@@ -73,15 +74,16 @@ class EpochPlan:
 
 # -- reading shards -----------------------------------------------------------------------------------
 
-_verified: dict[str, bool] = {}  # per process: shard path -> checksum matched
+_verified: dict[str, bool] = {}  # per process: shard address -> checksum matched
 
 
 class ShardReader:
     """Reads raw samples (dict of field -> bytes) from shards; checks checksums on first use; skips and
-    counts what is broken instead of stopping the run."""
+    counts what is broken (missing, failing its checksum, unreadable, unreachable after the retries)
+    instead of stopping the run, warning once per shard."""
 
-    def __init__(self, folder: Path, shards: list[dict[str, Any]], verify: bool, where: str) -> None:
-        self.folder = folder
+    def __init__(self, location: Location, shards: list[dict[str, Any]], verify: bool, where: str) -> None:
+        self.location = location
         self.shards = shards
         self.verify = verify
         self.where = where
@@ -96,13 +98,20 @@ class ShardReader:
 
     def _usable(self, index: int) -> bool:
         entry = self.shards[index]
-        path = self.folder / entry["file"]
+        key = self.location.url(entry["file"])
+        if not self.location.is_local:
+            # a remote shard is checked while it is read (reading it twice would double the traffic);
+            # one found not to match is skipped from then on
+            if _verified.get(key) is False:
+                self.bad_shards += 1
+                return False
+            return True
+        path = self.location.path / entry["file"]
         if not path.is_file():
             self.bad_shards += 1
-            self._warn(str(path), f"shard {path} is missing; skipping it")
+            self._warn(key, f"shard {path} is missing; skipping it")
             return False
         if self.verify and entry.get("sha256"):
-            key = str(path)
             if key not in _verified:
                 _verified[key] = fmt.file_sha256(path) == entry["sha256"]
             if not _verified[key]:
@@ -122,29 +131,38 @@ class ShardReader:
         """Samples i of shard `index` with i % modulus == residue, in file order."""
         if not self._usable(index):
             return
-        path = self.folder / self.shards[index]["file"]
-        current: dict[str, bytes] | None = None
+        entry = self.shards[index]
+        name, key, label = entry["file"], self.location.url(entry["file"]), self.location.display(entry["file"])
+        check_while_reading = (self.verify and bool(entry.get("sha256")) and not self.location.is_local
+                               and key not in _verified)
         position = -1
+        reader = None
         try:
-            with tarfile.open(path, mode="r|") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    key, _, field = member.name.partition(".")
-                    if current is None or current["__key__"] != key:
-                        if current is not None and position % modulus == residue:
-                            yield current
-                        position += 1
-                        current = {"__key__": key}
-                    if position % modulus == residue:
-                        handle = tar.extractfile(member)
-                        current[field] = handle.read() if handle else b""
-                if current is not None and position % modulus == residue:
-                    yield current
-        except (tarfile.TarError, EOFError, OSError) as err:
+            reader = self.location.open_reader(name, entry.get("bytes"), hashing=check_while_reading)
+            for position, sample in enumerate(fmt.tar_samples(reader)):
+                if position % modulus == residue:
+                    yield sample
+            if check_while_reading:
+                reader.drain()
+                _verified[key] = reader.sha256.hexdigest() == entry["sha256"]
+                if not _verified[key]:
+                    self.bad_shards += 1
+                    self._warn(key, f"shard {label} does not match its checksum in the manifest (found at the end "
+                                    "of reading it: this pass used its samples); skipping it from now on")
+        except RemoteReadError as err:
             self.bad_shards += 1
-            self._warn(str(path) + "#read", f"shard {path} is unreadable after {position + 1} samples "
-                                           f"({type(err).__name__}: {err}); skipping the rest of it")
+            if position < 0:
+                self._warn(key, f"shard {err}; skipping it")
+            else:
+                self._warn(key + "#read", f"shard {err} after {position + 1} samples; skipping the rest of it")
+        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+            self.bad_shards += 1
+            reason = f"{type(err).__name__}: {err.args[0] if err.args else ''}"
+            self._warn(key + "#read", f"shard {label} is unreadable after {position + 1} samples "
+                                      f"({reason}); skipping the rest of it")
+        finally:
+            if reader is not None:
+                reader.close()
 
 
 def byte_bounded_shuffle(samples: Iterator[dict[str, bytes]], limit_bytes: int,
@@ -216,8 +234,9 @@ class ClipStream(IterableDataset):
 
     def __init__(self, folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
                  batch_size: int, start_batch: int = 0, scale: int = 3, degradation=None) -> None:
-        self.manifest = fmt.read_split_manifest(folder, "train", "data.train_shards")
-        self.folder = Path(self.manifest["_folder"])
+        self.location = Location(folder, RetryPolicy.from_data_config(data_cfg))
+        self.manifest = fmt.read_split_manifest(self.location, "train", "data.train_shards")
+        self.folder = self.manifest["_folder"]  # where, for messages (masked)
         self.cfg = data_cfg
         self.seed = seed
         self.rank = rank
@@ -238,6 +257,19 @@ class ClipStream(IterableDataset):
                 f"{self.folder}: {sum(shard_samples)} samples cannot feed {world_size} ranks x {self.workers} "
                 f"workers = {streams} streams; pack more data or lower data.num_workers")
         self.plan = EpochPlan(shard_samples, seed, streams)
+        if not self.location.is_local:
+            self._check_shards_readable()
+
+    def _check_shards_readable(self) -> None:
+        """A readable manifest whose shards are denied or gone (copied alone, a bucket policy that covers
+        only some keys) stops the start with one line, not with every shard skipped later."""
+        first = self.manifest["shards"][0]["file"]
+        try:
+            found = self.location.exists(first)
+        except RemoteReadError as err:
+            raise LocationError(f"{err} (the manifest is readable, its first shard is not)") from None
+        if not found:
+            raise LocationError(f"{self.location.display(first)}: not found (404); the manifest lists it")
 
     def batched(self, batch_size: int, start_batch: int = 0) -> ClipStream:
         """The same stream (manifest read and checked once) cut into batches of `batch_size`, starting at
@@ -264,7 +296,9 @@ class ClipStream(IterableDataset):
         stream = self.rank * workers + logical
         skip_batches = max(0, (self.start_batch - logical + workers - 1) // workers)
         where = f"rank {self.rank} worker {logical}"
-        reader = ShardReader(self.folder, self.manifest["shards"], self.cfg.verify_checksums, where)
+        if self.rank == 0 and physical == 0 and self.plan.modulus > 1:
+            self._warn_shards_are_read_several_times()
+        reader = ShardReader(self.location, self.manifest["shards"], self.cfg.verify_checksums, where)
         clips = self._clips(stream, skip_batches * self.batch_size, reader, where)
         reported = (0, 0)
         while True:
@@ -275,6 +309,14 @@ class ClipStream(IterableDataset):
             out["skipped"] = (counts[0] - reported[0], counts[1] - reported[1])
             reported = counts
             yield out
+
+    def _warn_shards_are_read_several_times(self) -> None:
+        """Once per run (rank 0, its first worker): too few shards cost bytes, over the network above all."""
+        m, streams = self.plan.modulus, self.plan.num_streams
+        warnings.warn(f"{self.folder}: {len(self.plan.shard_samples)} shards for {self.world_size} ranks x "
+                      f"{self.workers} workers = {streams} streams: each shard is read by {m} streams, each keeping "
+                      f"1 sample in {m} ({m}x the bytes read, over the network too); pack with a smaller "
+                      f"--shard-size for at least {streams} shards", RuntimeWarning, stacklevel=3)
 
     def _clips(self, stream: int, skip: int, reader: ShardReader, where: str) -> Iterator[dict[str, torch.Tensor]]:
         epoch = 0

@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 
 from . import shard_format as fmt
+from .locations import Location, LocationError, RemoteReadError, RetryPolicy
 
 
 @dataclass
@@ -22,14 +23,19 @@ class ValSequence:
 
 
 class ValidationSet:
-    def __init__(self, folder: str | Path, max_sequences: int = 0) -> None:
-        self.manifest = fmt.read_split_manifest(folder, "val", "data.val_shards")
-        self.folder = Path(self.manifest["_folder"])
+    def __init__(self, folder: str | Path | Location, max_sequences: int = 0, policy: RetryPolicy = RetryPolicy()) -> None:
+        self.location = folder if isinstance(folder, Location) else Location(folder, policy)
+        self.manifest = fmt.read_split_manifest(self.location, "val", "data.val_shards")
+        self.folder = self.manifest["_folder"]  # where, for messages (masked)
         self.codec = self.manifest["codec"]
         self.max_sequences = max_sequences
-        missing = [s["file"] for s in self.manifest["shards"] if not (self.folder / s["file"]).is_file()]
-        if missing:
-            raise fmt.ShardFormatError(f"{self.folder}: validation shard {missing[0]} is missing")
+        for entry in self.manifest["shards"]:  # validation sets are a few shards: each is checked
+            try:
+                found = self.location.exists(entry["file"])
+            except RemoteReadError as err:
+                raise LocationError(f"validation shard {err}") from None
+            if not found:
+                raise fmt.ShardFormatError(f"{self.folder}: validation shard {entry['file']} is missing")
 
     @property
     def sequences(self) -> list[dict]:
@@ -62,20 +68,14 @@ class ValidationSet:
 
     def _samples(self) -> Iterator[dict[str, bytes]]:
         for entry in self.manifest["shards"]:
-            path = self.folder / entry["file"]
-            sample: dict[str, bytes] = {}
+            reader = None
             try:
-                with tarfile.open(path, mode="r|") as tar:
-                    for member in tar:
-                        if not member.isfile():
-                            continue
-                        key, _, field = member.name.partition(".")
-                        if sample and sample["__key__"] != key:
-                            yield sample
-                            sample = {}
-                        sample["__key__"] = key
-                        sample[field] = tar.extractfile(member).read()
-            except (tarfile.TarError, EOFError, OSError) as err:
-                raise fmt.ShardFormatError(f"{path}: validation shard is unreadable ({err})") from None
-            if sample:
-                yield sample
+                reader = self.location.open_reader(entry["file"], entry.get("bytes"), hashing=False)
+                yield from fmt.tar_samples(reader)
+            except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+                reason = err if isinstance(err, RemoteReadError) else (err.args[0] if err.args else type(err).__name__)
+                raise fmt.ShardFormatError(f"{self.location.display(entry['file'])}: validation shard is "
+                                           f"unreadable ({reason})") from None
+            finally:
+                if reader is not None:
+                    reader.close()

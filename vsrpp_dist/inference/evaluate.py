@@ -37,6 +37,7 @@ from ..cli import OneLineParser, int_at_least, run_cli
 from ..config import SCALE, load_config
 from ..data import shard_format as fmt
 from ..data.degradation import build_degradation, degrade_sequence
+from ..data.locations import Location
 from ..data.sources import Sequence, scan_source
 from ..data.validation_set import ValidationSet
 from ..files import atomic_write_text
@@ -73,7 +74,8 @@ def build_parser():
     add_checkpoint_argument(parser)
     parser.add_argument("--data", required=True, metavar="D",
                         help="a folder of GT sequences (frame folders of any layout, videos) or a validation "
-                             "set written by `pack --val` (holds manifest.json)")
+                             "set written by `pack --val` (holds manifest.json; also s3://, gs://, http(s)://, "
+                             "pipe:)")
     parser.add_argument("--lr", metavar="LR_DIR",
                         help="real LR frames, laid out like D and paired by relative path (default: MATLAB "
                              "bicubic x3 of GT, rounded to 8 bits)")
@@ -108,7 +110,7 @@ class Job:
     gt_hw: tuple[int, int] | None  # known before decoding (frame folders, packed sets), else None
 
 
-def packed_jobs(folder: Path, limit: int, lr_dir: str | None) -> list[Job]:
+def packed_jobs(folder: Path | str, limit: int, lr_dir: str | None) -> list[Job]:
     if lr_dir:
         raise InferenceError(f"--lr {lr_dir}: a packed validation set carries its own LR frames when it was "
                              "packed with --lr; give --lr only with a folder of GT frames")
@@ -348,6 +350,15 @@ def check_outputs(args, jobs: list[Job]) -> None:
                                      "or pass --overwrite")
 
 
+def data_location(text: str) -> Location:
+    """--data as a location: a local folder (frames, videos or a packed set), or where a packed validation
+    set lies (s3://, gs://, http(s)://, pipe:); a location that cannot work is one line."""
+    try:
+        return Location(text)
+    except fmt.ShardFormatError as err:
+        raise InferenceError(f"--data {err}") from None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     degradation = None
@@ -356,11 +367,13 @@ def main(argv=None) -> int:
             raise InferenceError("--lr and --degradation realistic exclude each other: real LR is not degraded again")
         degradation = build_degradation(load_config(None, ["degradation.kind=realistic"]).degradation)
     device = resolve_device(args.device)
-    data = Path(args.data)
-    if not data.exists():
-        raise InferenceError(f"--data {data}: no such file or folder")
-    if data.is_dir() and (data / fmt.MANIFEST_NAME).is_file():
-        jobs = packed_jobs(data, args.limit, args.lr)
+    data = data_location(args.data)
+    if not data.is_local:  # a packed validation set in a bucket, behind HTTP or a pipe: command
+        jobs = packed_jobs(args.data, args.limit, args.lr)
+    elif not data.path.exists():
+        raise InferenceError(f"--data {data.path}: no such file or folder")
+    elif data.path.is_dir() and (data.path / fmt.MANIFEST_NAME).is_file():
+        jobs = packed_jobs(data.path, args.limit, args.lr)
     else:
         jobs = folder_jobs(args.data, args.lr, args.limit)
     check_outputs(args, jobs)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -137,6 +138,10 @@ def add_loader_parser(commands) -> None:
                         "(default; the faster of the two here) or PIL (BasicSR itself uses cv2.imread)")
     p.add_argument("--pack-workers", type=_positive_int, default=None, metavar="N",
                    help="the second pack timing uses N workers (default: the usable CPU cores)")
+    p.add_argument("--remote", action="store_true",
+                   help="also read the headline shards from a loopback HTTP server (python -m http.server) and "
+                        "a local S3-compatible server (moto, needs `moto[server]` and s3fs), each in its own "
+                        "process, in the same alternating rounds: what streaming from a remote location costs")
     p.add_argument("--seed", type=int, default=0, help="stream and crop seed (default: 0)")
     p.add_argument("--json", metavar="OUT", help="also write every figure to this JSON file")
     p.set_defaults(run=run_loader_command)
@@ -286,12 +291,16 @@ def describe_shards(folder: str | Path) -> dict[str, Any]:
 # -- the two loaders ---------------------------------------------------------------------------------
 
 
-def stream_batches(shards: str | Path, lr_patch: int, batch_size: int, workers: int, seed: int) -> Iterator[torch.Tensor]:
-    """Our loader exactly as training builds it (build_train_loader, default DataConfig otherwise)."""
+def stream_batches(shards: str | Path, lr_patch: int, batch_size: int, workers: int, seed: int,
+                   read_ahead_mb: int | None = None) -> Iterator[torch.Tensor]:
+    """Our loader exactly as training builds it (build_train_loader, default DataConfig otherwise);
+    `shards` may be any location training takes (a folder, http(s)://, s3://, ...)."""
     from ..config import DataConfig
     from ..data.stream import build_train_loader
 
     cfg = DataConfig(lr_patch_size=lr_patch, batch_size_per_gpu=batch_size, num_workers=workers)
+    if read_ahead_mb is not None:
+        cfg = dataclasses.replace(cfg, read_ahead_mb=read_ahead_mb)
     loader = build_train_loader(shards, cfg, seed=seed, rank=0, world_size=1, batch_size=batch_size)
     for batch in loader:
         yield batch["gt"]
@@ -532,6 +541,10 @@ def measure_loaders(args, shards: list[dict[str, Any]], png_sequences: list[list
     with contextlib.ExitStack() as stack:
         loaders = {f"ours {s['codec']}": stack.enter_context(contextlib.closing(
             stream_batches(s["folder"], args.lr_patch, args.batch_size, 0, args.seed))) for s in shards}
+        if args.remote:
+            for name, location, read_ahead in remote_locations(stack, shards[0]["folder"], progress):
+                loaders[name] = stack.enter_context(contextlib.closing(
+                    stream_batches(location, args.lr_patch, args.batch_size, 0, args.seed, read_ahead)))
         loaders["baseline"] = stack.enter_context(contextlib.closing(
             folder_batches(baseline, args.batch_size, 0, args.seed)))
         for name, batches in loaders.items():  # one batch each first: wrong settings fail before any timing
@@ -555,8 +568,45 @@ def measure_loaders(args, shards: list[dict[str, Any]], png_sequences: list[list
             round(o["clips_per_s"] / b["clips_per_s"], 3)
             for o, b in zip(entry["loader"]["rounds"], loader["baseline"]["rounds"])]
     out: dict[str, Any] = {"loader": loader, "breakdown": breakdown}
+    if args.remote:
+        local = shards[0]["loader"]
+        out["remote"] = {}
+        for name in [n for n in rounds if n.startswith("remote ")]:
+            summary = summarize(rounds[name])
+            summary["vs_local"] = round(summary["median_clips_per_s"] / local["median_clips_per_s"], 3)
+            summary["per_round_vs_local"] = [round(r["clips_per_s"] / o["clips_per_s"], 3)
+                                             for r, o in zip(summary["rounds"], local["rounds"])]
+            out["remote"][name.removeprefix("remote ")] = summary
     if args.workers > 0:
         out["workers"] = measure_with_workers(args, shards[0], baseline, cores, progress)
+    return out
+
+
+def remote_locations(stack: contextlib.ExitStack, folder: str, progress) -> list[tuple[str, str, int | None]]:
+    """The headline shards behind a loopback HTTP server and in a local S3-compatible store, each server
+    in its own process (its work does not share this process's GIL); (loader name, location, read-ahead
+    MB or None for the default)."""
+    from ..data.locations import LocationError
+    from .loopback import HttpServer, S3Server, s3_environment, upload_folder
+
+    progress("remote: serving the shards over HTTP on 127.0.0.1")
+    http = HttpServer(folder)
+    stack.callback(http.kill)
+    out = [("remote http", http.url, None), ("remote http, no read-ahead", http.url, 0)]
+    try:
+        import moto.server  # noqa: F401
+        import s3fs  # noqa: F401
+    except ImportError:
+        raise BenchError("--remote needs moto[server] and s3fs for the S3 figures: pip install 'vsrpp-dist[dev]'") from None
+    progress("remote: uploading the shards to a local S3-compatible server (moto)")
+    s3 = S3Server()
+    stack.callback(s3.kill)
+    stack.enter_context(s3_environment(s3.env))
+    try:
+        upload_folder(folder, "s3://bench/shards")
+    except LocationError as err:
+        raise BenchError(f"--remote: {err}") from None
+    out.append(("remote s3", "s3://bench/shards", None))
     return out
 
 
@@ -649,6 +699,11 @@ def loader_report(result: dict[str, Any]) -> list[str]:
                      f"{ld['median_clips_per_cpu_s']:8.1f}  {ld['vs_baseline']:6.2f}x "
                      f"(rounds {' '.join(f'{x:.2f}' for x in ld['per_round_vs_baseline'])})")
     lines.append(f"  baseline, PNG folder                     {_rates(base)}  {base['median_clips_per_cpu_s']:8.1f}")
+    for name, summary in result.get("remote", {}).items():
+        per_cpu = summary["median_clips_per_cpu_s"]
+        lines.append(f"  ours, {name:<34} {_rates(summary)}  {per_cpu if per_cpu is not None else 0:8.1f}  "
+                     f"{summary['vs_local']:6.2f}x local (rounds "
+                     f"{' '.join(f'{x:.2f}' for x in summary['per_round_vs_local'])})")
     loads = "  ".join(f"{r['load_1min']:7.2f}" if r.get("load_1min") is not None else "      -"
                       for r in base["rounds"])
     lines.append(f"  load avg (1 min) at the baseline's rounds  {loads}")
