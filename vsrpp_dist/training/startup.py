@@ -17,6 +17,7 @@ import torch
 
 from ..config import Config, ConfigError, architecture_of, config_to_dict, dump_config
 from ..data.degradation import build_degradation
+from ..data.locations import Location, RetryPolicy
 from ..data.stream import ClipStream
 from ..data.validation_set import ValidationSet
 from ..errors import CheckpointError, ShardFormatError, StartError
@@ -64,7 +65,9 @@ def open_data(cfg: Config, *, rank: int, world_size: int) -> RunData:
     validation_set = None
     if cfg.data.val_shards and cfg.validation.every:
         try:
-            validation_set = ValidationSet(cfg.data.val_shards, cfg.validation.max_sequences)
+            # read with the run's retry and timeout settings, as the training shards are
+            validation_set = ValidationSet(Location(cfg.data.val_shards, RetryPolicy.from_data_config(cfg.data)),
+                                           cfg.validation.max_sequences)
         except ShardFormatError as err:
             raise ConfigError(f"data.val_shards: {err}") from None
     return RunData(stream, validation_set, degradation)
