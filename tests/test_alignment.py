@@ -291,6 +291,7 @@ def moving_flow_model(alignment: str, seed: int = 0, **extra):
     return cfg, model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alignment", ["flow", "flow_deform"])
 def test_tiled_equals_untiled_with_flow_alignment(alignment):
     cfg, model = moving_flow_model(alignment, max_flow=2.0)
