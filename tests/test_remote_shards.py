@@ -24,26 +24,12 @@ from vsrpp_dist.tools.loopback import QuietFileHandler, S3Server, http_folder, s
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trainer import Trainer
 
-from .test_e2e_launcher import read_scalars
-from .test_trainer import make_config, train
+from .helpers import TINY, make_config, read_scalars, sigterm_after_step, train
 
-TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 # One worker: the remote reads then run in a forked DataLoader worker, as in real training.
 RUN = ("train.total_steps=4", "validation.every=4", "train.log_every=1", "data.num_workers=1",
        "checkpoint.rolling_every=0", "checkpoint.regular_every=0")
 FAST_FAULTS = ("data.remote_retries=2", "data.remote_backoff_s=0.01", "data.remote_timeout_s=1")
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each in-process run starts clean."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
 
 
 def start(cfg) -> None:
@@ -176,18 +162,7 @@ def test_resume_from_http_is_exact(http, train_shards, val_shards, local_run, tm
     train_url, val_url = locations("http", http[0], train_shards, val_shards)
     run_dir = tmp_path / "run"
 
-    def stop_after_step_2(trainer):
-        step = trainer.train_step
-
-        def patched(batches):
-            result = step(batches)
-            if trainer.state.step == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return result
-
-        trainer.train_step = patched
-
-    _, code = train(make_config(run_dir, train_url, val_url, *RUN), patch=stop_after_step_2)
+    _, code = train(make_config(run_dir, train_url, val_url, *RUN), patch=sigterm_after_step(2))
     assert code == 128 + signal.SIGTERM
     resumed, code = train(make_config(run_dir, train_url, val_url, *RUN), StartRequest(resume="latest"))
     assert code == 0 and resumed.state.step == 4
