@@ -179,6 +179,55 @@ def test_tiled_equals_untiled_at_odd_sizes(weights):
     assert (short(lr) - whole).abs().max().item() > 1e-4
 
 
+# -- the per-frame cache -----------------------------------------------------------------------------
+
+
+def stream_through(upscaler: ClipUpscaler, frames: torch.Tensor, batch: int, cached: bool) -> torch.Tensor:
+    """Every frame of `frames` (N, 3, h, w) restored from its mirrored window, in batches, as the commands
+    stream them."""
+    out = []
+    for windows in sliding_windows(range(len(frames)), batch):
+        ids = [window for _, window in windows]
+        lr = torch.stack([frames[window] for window in ids])
+        out.append(upscaler(lr, ids if cached else None))
+        if cached:  # a ring of the frames in flight, not a store of the stream
+            assert {i for _, i in upscaler.cache.features} == {i for window in ids for i in window}
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("alignment, lr_hw, tile", [
+    ("implicit", (24, 30), 0), ("implicit", (36, 164), 8), ("implicit", (60, 124), 0),
+    ("flow", (24, 30), 0), ("flow", (36, 164), 40), ("flow", (60, 124), 0)])
+def test_cached_features_give_bit_identical_output(tmp_path, alignment, lr_hw, tile):
+    """Each frame's features (and flows) computed once and reused by its five windows: the same output
+    bit for bit as computing every window from scratch, whole and tiled, batched or not. 24x30 is small
+    enough that PyTorch's CPU convolution would take another kernel for one frame alone (run_per_frame),
+    60x124 is not."""
+    extra = {} if alignment == "implicit" else dict(flow_channels=4, flow_levels=1, max_flow=1.0)
+    loaded = load_model(save_weights(tmp_path / "w.pt", seed=2, alignment=alignment, **extra), torch.device("cpu"))
+    torch.manual_seed(0)
+    frames = torch.rand(8, 3, *lr_hw)
+    for batch in (1, 3):
+        scratch = stream_through(ClipUpscaler(loaded, torch.device("cpu"), tile=tile), frames, batch, cached=False)
+        cached = stream_through(ClipUpscaler(loaded, torch.device("cpu"), tile=tile), frames, batch, cached=True)
+        assert torch.equal(cached, scratch), (batch, (cached - scratch).abs().max().item())
+
+
+def test_tiled_cache_over_its_budget_recomputes_with_a_note(weights, capsys):
+    torch.manual_seed(0)
+    frames = torch.rand(6, 3, 36, 164)
+    loaded = load_model(weights, torch.device("cpu"))
+    reference = stream_through(ClipUpscaler(loaded, torch.device("cpu"), tile=8), frames, 1, cached=False)
+    small = ClipUpscaler(loaded, torch.device("cpu"), tile=8, cache_bytes=1000)
+    out = []
+    for windows in sliding_windows(range(len(frames)), 1):
+        ids = [window for _, window in windows]
+        out.append(small(torch.stack([frames[window] for window in ids]), ids))
+        assert not small.cache.features
+    assert torch.equal(torch.cat(out), reference)
+    assert capsys.readouterr().err.count("--cache-gb") == 1
+
+
 # -- windows -----------------------------------------------------------------------------------------
 
 

@@ -247,10 +247,11 @@ class SequenceScorer:
     def run(self, job: Job, saver: BackgroundWriter | None, progress) -> list[list[float]]:
         """Per frame: the 4 bicubic metrics, then the 4 model metrics."""
         rows = []
-        for batch in sliding_windows(self.frames(job), self.batch):
-            lr_btchw = torch.stack([torch.stack([lr for _, lr in window]) for _, window in batch])
-            gt_bchw = torch.stack([window[2][0] for _, window in batch]).to(self.device).float().div_(255)
-            sr_bchw = self.upscaler(lr_btchw)
+        for batch in sliding_windows(enumerate(self.frames(job)), self.batch):
+            lr_btchw = torch.stack([torch.stack([lr for _, (_, lr) in window]) for _, window in batch])
+            gt_bchw = torch.stack([window[2][1][0] for _, window in batch]).to(self.device).float().div_(255)
+            # ids unique across sequences: the cache must never hand one sequence's frame to the next
+            sr_bchw = self.upscaler(lr_btchw, [[(id(job), index) for index, _ in window] for _, window in batch])
             bicubic_bchw = upscale(lr_btchw[:, 2].to(self.device).float().div_(255), SCALE)
             # score() clamps and rounds both to 8 bits first: what saved PNGs would score
             bicubic_scores = score(bicubic_bchw, gt_bchw, self.crop_border)
@@ -346,7 +347,8 @@ def main(argv=None) -> int:
     lr_origin = args.lr or "MATLAB bicubic x3 of GT, 8-bit"
     print(f"{len(jobs)} sequence{'s' if len(jobs) != 1 else ''} from {data}; LR: {lr_origin}; "
           f"crop border {args.crop_border}", file=sys.stderr)
-    scorer = SequenceScorer(ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp), device,
+    scorer = SequenceScorer(ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp,
+                                       cache_bytes=int(args.cache_gb * 2**30)), device,
                             args.crop_border, args.batch)
 
     from tqdm import tqdm

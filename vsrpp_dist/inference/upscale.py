@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     kind = plan_output(args.output, args.overwrite)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
-    upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp)
+    upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp, cache_bytes=int(args.cache_gb * 2**30))
 
     out = Path(args.output)
     if kind == "video":
@@ -224,10 +224,11 @@ def main(argv=None) -> int:
     written, lr_hw = 0, (0, 0)
     try:
         with tqdm(total=total, unit="frame", desc=Path(seq.path).name, disable=args.quiet, file=sys.stderr) as bar:
-            for batch in sliding_windows(read_frames_chw(seq, args.limit), args.batch):
-                lr_btchw = torch.stack([torch.stack(window) for _, window in batch])
+            for batch in sliding_windows(enumerate(read_frames_chw(seq, args.limit)), args.batch):
+                lr_btchw = torch.stack([torch.stack([frame for _, frame in window]) for _, window in batch])
+                frame_ids = [[index for index, _ in window] for _, window in batch]
                 lr_hw = tuple(lr_btchw.shape[-2:])
-                sr_bhwc = to_uint8(upscaler(lr_btchw)).permute(0, 2, 3, 1).numpy()
+                sr_bhwc = to_uint8(upscaler(lr_btchw, frame_ids)).permute(0, 2, 3, 1).numpy()
                 for (index, _), frame_hwc in zip(batch, sr_bhwc):
                     sink.submit(index, np.ascontiguousarray(frame_hwc))
                 written += len(batch)
