@@ -303,6 +303,97 @@ def test_mp4_to_frames_and_mp4_to_mp4_keeps_count_and_rate(weights, clip_mp4, tm
     assert 10 * np.log10(255**2 / mse) > 30
 
 
+def write_clip_with_audio(path: Path, frames: list[np.ndarray], stamps_ms: list[int], rotation: int) -> Path:
+    """H.264 at variable rate (timestamps in ms), a display rotation, BT.709 tags, and an AAC tone."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = "yuv420p"
+        video.time_base = video.codec_context.time_base = Fraction(1, 1000)
+        ctx = video.codec_context
+        ctx.color_primaries = ctx.color_trc = ctx.colorspace = 1
+        video.set_display_rotation(rotation)
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for frame, ms in zip(frames, stamps_ms):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts, picture.time_base = ms, Fraction(1, 1000)
+            container.mux(video.encode(picture))
+        container.mux(video.encode())
+        samples = 16 * (stamps_ms[-1] + 100)
+        tone = (0.3 * np.sin(np.arange(samples) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+        for start in range(0, samples, 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = 16000, start, Fraction(1, 16000)
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode())
+    return path
+
+
+def media_of(path: Path) -> dict:
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        ctx = video.codec_context
+        rotation = next(container.decode(video)).rotation
+        container.seek(0)
+        packets = [p for p in container.demux() if p.dts is not None]
+        return {
+            "audio": [(bytes(p), p.pts * p.time_base, p.duration * p.time_base) for p in packets
+                      if p.stream.type == "audio"],
+            "video_times": sorted(p.pts * p.time_base for p in packets if p.stream.type == "video"),
+            "rotation": rotation,
+            "colour": (int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace)),
+        }
+
+
+def test_video_keeps_audio_timestamps_rotation_and_colour(weights, clip_frames, tmp_path, capsys):
+    stamps_ms = [0, 40, 100, 133, 200, 240, 300]  # variable rate
+    source = write_clip_with_audio(tmp_path / "phone.mp4", clip_frames, stamps_ms, rotation=90)
+    src = media_of(source)
+    assert len(src["audio"]) > 5 and src["rotation"] == 90
+
+    out = tmp_path / "x3.mp4"
+    rc, _, err = run(capsys, upscale, "--checkpoint", weights, "--input", source, "--output", out, "--quiet")
+    assert rc == 0, err
+    got = media_of(out)
+    assert got["audio"] == src["audio"]  # every packet: same bytes, same timestamps
+    assert got["video_times"] == src["video_times"] == [Fraction(ms, 1000) for ms in stamps_ms]
+    assert got["rotation"] == 90 and got["colour"] == (1, 1, 1)
+
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", source, "--output", tmp_path / "mute.mp4",
+                   "--no-audio", "--quiet")
+    assert rc == 0 and media_of(tmp_path / "mute.mp4")["audio"] == []
+    # --limit: the audio ends where the video does
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", source, "--output", tmp_path / "cut.mp4",
+                   "--limit", 4, "--quiet")
+    cut = media_of(tmp_path / "cut.mp4")
+    assert rc == 0 and len(cut["video_times"]) == 4
+    assert cut["audio"] == [p for p in src["audio"] if p[1] < Fraction(stamps_ms[4], 1000)]
+    # --fps retimes the video and so drops the audio, with a note
+    rc, _, err = run(capsys, upscale, "--checkpoint", weights, "--input", source, "--output", tmp_path / "fps.mp4",
+                     "--fps", 10, "--quiet")
+    assert rc == 0 and "audio is not copied" in err
+    assert media_of(tmp_path / "fps.mp4")["audio"] == []
+
+
+def test_untagged_source_gives_bt709_converted_as_tagged(weights, clip, clip_frames, tmp_path, capsys):
+    """A frame folder has no colour tags: the output is tagged BT.709 and converted with that matrix, so
+    a decoder that honours the tag gets the model's RGB back (up to the codec's loss)."""
+    out = tmp_path / "x3.mp4"
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", out, "--crf", 0, "--quiet")
+    assert rc == 0
+    assert media_of(out)["colour"] == (1, 1, 1)
+    video, _ = read_video(out)
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", tmp_path / "png", "--quiet")
+    first = read_pngs(tmp_path / "png")[sorted(p.name for p in clip.glob("*.png"))[0]]
+    # lossless H.264 of 4:2:0 chroma: only the chroma subsampling and rounding differ
+    assert np.abs(video[0].astype(int) - first).mean() < 4
+
+
 def test_frame_folder_to_video_uses_fps(weights, clip, tmp_path, capsys):
     out = tmp_path / "x3.mkv"
     rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", out, "--fps", "12",
