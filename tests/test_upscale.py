@@ -441,6 +441,10 @@ def _bad_cases(tmp: Path, weights: Path, clip: Path) -> dict[str, tuple[list, st
         for i in range(5):
             Image.new("RGB", (30, 24)).save(two / name / f"{i}.png")
     (tmp / "taken.mp4").write_bytes(b"the user's video")
+    (tmp / "not_a_video.mp4").write_bytes(b"text, not H.264")
+    save_weights(tmp / "edvr.pt", model_config=dict(config_to_dict(ModelConfig(**TINY)), name="EDVR"))
+    # flow weights under a config that says implicit
+    save_weights(tmp / "flow_as_implicit.pt", alignment="flow", model_config=config_to_dict(ModelConfig(**TINY)))
     base = ["--checkpoint", weights, "--input", clip, "--output", tmp / "out", "--quiet"]
 
     def replace(flag, value):
@@ -459,6 +463,13 @@ def _bad_cases(tmp: Path, weights: Path, clip: Path) -> dict[str, tuple[list, st
         "existing video output": (replace("--output", tmp / "taken.mp4"), "taken.mp4: exists"),
         "image file as output": (replace("--output", tmp / "out.png"), "give a folder for PNG frames or a video"),
         "bad tile": (base + ["--tile", "-3"], "--tile: -3 is below the minimum 0"),
+        "unreadable video": (replace("--input", tmp / "not_a_video.mp4"), "not_a_video.mp4: cannot read this video"),
+        "another architecture": (replace("--checkpoint", tmp / "edvr.pt"), "'EDVR' is not one of VSRBidirectional_3x"),
+        "another alignment": (replace("--checkpoint", tmp / "flow_as_implicit.pt"),
+                              "weights are of a model with alignment flow, but its model_config says "
+                              "model.alignment=implicit"),
+        "suffix without a muxer": (replace("--output", tmp / "out.flv"), "out.flv: upscale writes videos as .mp4"),
+        "bad cache size": (base + ["--cache-gb", "-1"], "--cache-gb: -1: must be 0 or more"),
     }
 
 
@@ -472,7 +483,37 @@ def test_bad_input_is_one_line_and_exit_2(weights, clip, tmp_path, capsys):
         assert rc == 2, (name, err)
         assert len(lines) == 1 and expected in lines[0], (name, err)
     assert (tmp_path / "taken.mp4").read_bytes() == b"the user's video"
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.flv").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real filesystem of a few pages (tmpfs; skipped where mounting is not allowed)."""
+    point = tmp_path / "tinyfs"
+    point.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(point)], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"cannot mount a tmpfs here: {err}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_full_disk_during_encode_is_one_line_and_leaves_no_partial_file(weights, clip_mp4, tiny_disk, capsys):
+    argv = ["--checkpoint", weights, "--input", clip_mp4, "--crf", 0, "--quiet"]
+    rc, _, err = run(capsys, upscale, *argv, "--output", tiny_disk / "x3.mp4")
+    assert rc == 2
+    assert err.strip().splitlines()[-1].endswith("No space left on device); the incomplete video was removed, "
+                                                 "nothing is left under that name")
+    assert "Traceback" not in err and list(tiny_disk.iterdir()) == []
+    # PNG frames: the complete ones stay, a truncated one does not pass for a frame
+    rc, _, err = run(capsys, upscale, *argv, "--output", tiny_disk / "frames")
+    assert rc == 2 and "No space left on device" in err
+    for png in (tiny_disk / "frames").glob("*.png"):
+        assert Image.open(png).load() is not None and Image.open(png).size == (90, 72)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -518,3 +559,37 @@ def test_gpu_matches_cpu_and_amp_runs(weights):
     assert (gpu - cpu).abs().max().item() < 2e-3  # TF32 convolutions
     amp = ClipUpscaler(loaded, gpu_device, amp=True)(lr).cpu()
     assert amp.shape == cpu.shape and (amp - cpu).abs().mean().item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_cache_compile_amp_and_batches_agree(weights):
+    """What a GPU run uses together: the cache, several windows per forward, torch.compile and bf16."""
+    torch.manual_seed(3)
+    frames = torch.rand(7, 3, 40, 52)
+    cpu = stream_through(ClipUpscaler(load_model(weights, torch.device("cpu")), torch.device("cpu")), frames, 1,
+                         cached=False)
+    gpu_device = torch.device("cuda")
+    loaded = load_model(weights, gpu_device)
+    fast = stream_through(ClipUpscaler(loaded, gpu_device, compile=True), frames, 3, cached=True).cpu()
+    assert (fast - cpu).abs().max().item() < 2e-3
+    amp = stream_through(ClipUpscaler(loaded, gpu_device, amp=True, compile=True), frames, 3, cached=True).cpu()
+    assert (amp - cpu).abs().mean().item() < 1e-2
+
+
+def test_compile_that_fails_falls_back_to_eager_with_one_note(weights, capsys, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("Compiler: cc not found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    frames = torch.rand(6, 3, *LR_HW)
+    loaded = load_model(weights, torch.device("cpu"))
+    eager = stream_through(ClipUpscaler(loaded, torch.device("cpu")), frames, 2, cached=True)
+    compiled = stream_through(ClipUpscaler(loaded, torch.device("cpu"), compile=True), frames, 2, cached=True)
+    assert torch.equal(compiled, eager)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "--compile" in line]
+    # one per compiled piece that ran (feature extractor, propagation/reconstruction), said once
+    assert len(notes) == 2 and all("cc not found" in n and "running it eagerly" in n for n in notes)

@@ -23,6 +23,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -194,6 +195,13 @@ def _state_dict_mismatch(model: nn.Module, state_dict: dict) -> str | None:
     return None
 
 
+def alignment_of_weights(state_dict: dict) -> str:
+    """Which `model.alignment` built these weights, from the modules only it has."""
+    if any(".align." in key for key in state_dict):
+        return "flow_deform"
+    return "flow" if any(key.startswith("flow_net.") for key in state_dict) else "implicit"
+
+
 def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
     """The model in eval mode on `device`, from a checkpoint folder, a symlink to one (RUN/checkpoint_best)
     or the exported weights file."""
@@ -203,6 +211,10 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{checkpoint}: has no state_dict")
+    weights_alignment = alignment_of_weights(state_dict)
+    if weights_alignment != model_cfg.alignment:
+        raise CheckpointError(f"{checkpoint}: its weights are of a model with alignment {weights_alignment}, but its "
+                              f"model_config says model.alignment={model_cfg.alignment}; the file is inconsistent")
     problem = _state_dict_mismatch(model, state_dict)
     if problem:
         c = model_cfg
@@ -235,6 +247,31 @@ def resolve_device(text: str) -> torch.device:
 
 
 # -- inference ---------------------------------------------------------------------------------------
+
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc serve large blocks from its heap and keep freed memory for reuse.
+
+    By default every block over 32 MiB is a fresh mmap that the kernel zero-fills page by page and
+    unmaps again on free; inference at HD sizes allocates and frees such tensors (features, the x3
+    frame) hundreds of times per frame, and then spends as much time in the kernel as in the model:
+    upscale of 720p on 2 cores ran user 50 s / sys 55 s, 22 M page faults for 4 frames; with this,
+    user 51 s / sys 6 s, 1.4 M faults (BENCHMARKS.md). The cost: freed memory stays with the process
+    (peak RSS 6.0 GB instead of 4.6 GB there). Affects this process only; a no-op without glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # trim only when 2 GiB (mallopt takes a C int) lie free at the top of the heap
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
 
 
 # PyTorch's CPU convolution runs a single small image (N*C*H*W <= 20480, Convolution.cpp's `use_mkldnn`)
@@ -283,6 +320,31 @@ class FrameCache:
         return sum(t.numel() * t.element_size() for store in (self.features, self.flows) for t in store.values())
 
 
+class CompiledOrEager:
+    """`fn` through torch.compile, falling back to `fn` itself, with one note, when compiling fails (no
+    C++ compiler or Triton, an unsupported op, an old GPU): --compile never stops a run."""
+
+    def __init__(self, fn: Callable, name: str) -> None:
+        self.eager = fn
+        self.compiled = torch.compile(fn)
+        self.name = name
+        self.failed = False
+
+    def __call__(self, *args):
+        if self.failed:
+            return self.eager(*args)
+        try:
+            return self.compiled(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            note(f"--compile: torch.compile failed for {self.name} ({type(err).__name__}: {first_line[:160]}); "
+                 "running it eagerly")
+            self.failed = True
+            return self.eager(*args)
+
+
 class ClipUpscaler:
     """5-frame LR clips in, the centre frames x3 out, whole or in tiles, optionally in mixed precision.
 
@@ -294,8 +356,19 @@ class ClipUpscaler:
     tiles are recomputed instead (same output, more compute)."""
 
     def __init__(self, loaded: LoadedModel, device: torch.device, tile: int = 0, amp: bool = False,
-                 cache_bytes: int = 2 << 30) -> None:
+                 cache_bytes: int = 2 << 30, compile: bool = False) -> None:
         self.model = loaded.model
+        model = loaded.model
+        # the three pieces inference runs; --compile compiles each (whole windows run all three too)
+        self.extract_features, self.estimate_flows, self.restore = model.feature_extractor, \
+            getattr(model, "flow_net", None), model.restore
+        self.forward_whole = model
+        if compile:
+            self.extract_features = CompiledOrEager(model.feature_extractor, "the feature extractor")
+            self.restore = CompiledOrEager(model.restore, "the propagation and reconstruction")
+            self.forward_whole = CompiledOrEager(model, "the model")
+            if self.estimate_flows is not None:
+                self.estimate_flows = CompiledOrEager(model.flow_net, "the flow network")
         self.model_cfg = loaded.model_cfg
         self.scale = loaded.model_cfg.scale
         self.radius = loaded.radius
@@ -362,18 +435,18 @@ class ClipUpscaler:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             if frame_ids is None:
-                sr = self.model(lr_btchw)
+                sr = self.forward_whole(lr_btchw)
             else:
                 feats, flows = self._per_frame_results(lr_btchw, frame_ids, region)
-                sr = self.model.restore(lr_btchw, feats, flows)
+                sr = self.restore(lr_btchw, feats, flows)
         # mixed precision can overflow to inf/NaN in a bad spot; never let that reach an 8-bit frame
         return torch.nan_to_num(sr.float(), nan=0.0).clamp_(0, 1)
 
     def _per_frame_results(self, lr_btchw: torch.Tensor, frame_ids: list[list], region):
         """The features of each window position and the flows between positions, as `restore` takes
         them, from the cache where the frame (pair) was seen, computed in one batch where not."""
-        model, cache = self.model, self.cache
-        b, t = lr_btchw.shape[:2]
+        cache = self.cache
+        t = lr_btchw.shape[1]
         pairs = neighbour_pairs(t) if self.model_cfg.alignment != "implicit" else []
         frame_at = {}  # frame id -> its (3, h, w) tile
         for bi, window in enumerate(frame_ids):
@@ -384,11 +457,11 @@ class ClipUpscaler:
 
         new = [i for i in frame_at if (region, i) not in cache.features]
         if new:
-            computed = run_per_frame(model.feature_extractor, torch.stack([frame_at[i] for i in new]))
+            computed = run_per_frame(self.extract_features, torch.stack([frame_at[i] for i in new]))
             cache.features.update(((region, i), f) for i, f in zip(new, computed))
         new_pairs = [ab for ab in sorted(pair_ids, key=repr) if (region, ab) not in cache.flows]
         if new_pairs:
-            computed = run_per_frame(model.flow_net, torch.stack([frame_at[a] for a, _ in new_pairs]),
+            computed = run_per_frame(self.estimate_flows, torch.stack([frame_at[a] for a, _ in new_pairs]),
                                      torch.stack([frame_at[p] for _, p in new_pairs]))
             cache.flows.update(((region, ab), f) for ab, f in zip(new_pairs, computed))
 
@@ -515,11 +588,18 @@ class PngFolder:
         self.folder = folder
         self.name_of = name_of
 
+    after_failure = "the frames written before it are complete and kept"
+
     def write(self, index: int, frame_hwc: np.ndarray) -> None:
         from PIL import Image
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frame_hwc).save(self.folder / self.name_of(index), compress_level=PNG_COMPRESS_LEVEL)
+        path = self.folder / self.name_of(index)
+        try:
+            Image.fromarray(frame_hwc).save(path, compress_level=PNG_COMPRESS_LEVEL)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a truncated PNG (disk full) would pass for a frame
+            raise
 
     def close(self) -> None:
         pass
@@ -541,14 +621,31 @@ class BackgroundWriter:
 
     def submit(self, index: int, frame_hwc: np.ndarray) -> None:
         while len(self.pending) >= self.max_pending:
-            self.pending.popleft().result()
+            self._wait(self.pending.popleft())
         self.pending.append(self.pool.submit(self.sink.write, index, frame_hwc))
 
     def close(self) -> None:
         while self.pending:
-            self.pending.popleft().result()
+            self._wait(self.pending.popleft())
         self.pool.shutdown(wait=True)
-        self.sink.close()
+        with self._as_user_error():
+            self.sink.close()
+
+    def _wait(self, future: Future) -> None:
+        with self._as_user_error():
+            future.result()
+
+    @contextmanager
+    def _as_user_error(self):
+        """A full disk or a lost mount is the user's to fix: one line (the caller then aborts the sink,
+        which removes what is incomplete)."""
+        try:
+            yield
+        except OSError as err:
+            target = getattr(self.sink, "path", None) or getattr(self.sink, "folder", "the output")
+            reason = err.strerror or str(err)
+            raise InferenceError(f"{target}: writing the output failed ({reason}); "
+                                 f"{self.sink.after_failure}") from None
 
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -598,6 +695,9 @@ def add_inference_arguments(parser) -> None:
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: bf16 (fp16 on GPUs without bf16); faster on GPUs, output "
                              "differs slightly from fp32; on a CPU it is bf16 and rarely faster")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (GPU: faster after a compile of a minute or so per frame "
+                             "size; falls back to eager with a note when compiling fails)")
     parser.add_argument("--limit", type=int_at_least(1), default=0, metavar="N",
                         help="only the first N frames of each sequence (they count as the whole sequence: "
                              "the last windows mirror at frame N)")

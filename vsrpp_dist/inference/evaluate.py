@@ -56,6 +56,7 @@ from .common import (
     numbered_frame_name,
     read_frames_chw,
     resolve_device,
+    reuse_freed_memory,
     sliding_windows,
     to_uint8,
 )
@@ -342,13 +343,14 @@ def main(argv=None) -> int:
     for job in jobs:
         if job.gt_hw is not None:  # the rest (videos) are checked when their first frame arrives
             gt_crop(job, args.crop_border)
+    reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
     lr_origin = args.lr or "MATLAB bicubic x3 of GT, 8-bit"
     print(f"{len(jobs)} sequence{'s' if len(jobs) != 1 else ''} from {data}; LR: {lr_origin}; "
           f"crop border {args.crop_border}", file=sys.stderr)
     scorer = SequenceScorer(ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp,
-                                       cache_bytes=int(args.cache_gb * 2**30)), device,
+                                         cache_bytes=int(args.cache_gb * 2**30), compile=args.compile), device,
                             args.crop_border, args.batch)
 
     from tqdm import tqdm

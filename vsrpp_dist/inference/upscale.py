@@ -4,7 +4,8 @@
                                  [--device auto|cpu|cuda[:N]] [--amp] [--crf Q] [--fps R] [--limit N]
 
 IN is one video file (.mp4 .mkv .avi .mov .webm) or one folder of frames (any image format, natural
-order). OUT is a video file when it ends in a video suffix, else a folder of PNG frames. Every frame is
+order). OUT is a video file when it ends in a video suffix, else a folder of PNG frames (a name with
+another suffix, say clip.flv, is refused unless that folder exists). Every frame is
 restored from its 5-frame window (mirrored at the ends, as in validation), clamped and rounded to
 8 bits. Frames stream through: decoding, the model and encoding each hold a few frames at a time.
 
@@ -51,6 +52,7 @@ from .common import (
     note,
     read_frames_chw,
     resolve_device,
+    reuse_freed_memory,
     sliding_windows,
     to_uint8,
 )
@@ -110,7 +112,27 @@ def open_input(path: str) -> Sequence:
     seq = source.sequences[0]
     if seq.kind == "frames":
         frame_size_of_folder(seq)
+    else:
+        check_video_readable(seq.path)
     return seq
+
+
+def check_video_readable(path: str) -> None:
+    """Opens the video and decodes its first frame, so a file that is not a video (or is cut short
+    before its first picture) is refused before the model loads or any output exists."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise InferenceError(f"{path}: has no video stream")
+            if next(container.decode(container.streams.video[0]), None) is None:
+                raise InferenceError(f"{path}: holds no decodable frame")
+    except InferenceError:
+        raise
+    except Exception as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise InferenceError(f"{path}: cannot read this video ({reason})") from None
 
 
 def source_frame_rate(seq: Sequence) -> Fraction | None:
@@ -149,6 +171,8 @@ def source_media(seq: Sequence, fps_given: bool, audio: bool) -> SourceMedia | N
 class VideoFile:
     """Encodes frames in order into OUT's temporary twin, with the source's timestamps, rotation, colour
     tags and audio where there is a source video (`media`); `close` renames it to OUT."""
+
+    after_failure = "the incomplete video was removed, nothing is left under that name"
 
     def __init__(self, path: Path, fps: Fraction, crf: int, media: SourceMedia | None = None,
                  audio: bool = True) -> None:
@@ -255,6 +279,10 @@ def plan_output(path: str, overwrite: bool) -> str:
         return "video"
     if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
         raise InferenceError(f"{out}: give a folder for PNG frames or a video file ({', '.join(VIDEO_FORMATS)})")
+    if suffix and not out.is_dir():
+        # a name like clip.flv or clip.mpg is a video the user wants, not a folder to fill with PNGs
+        raise InferenceError(f"{out}: upscale writes videos as {', '.join(VIDEO_FORMATS)} only; for PNG frames "
+                             "name a folder without a suffix (or an existing folder)")
     if out.exists() and not out.is_dir():
         raise InferenceError(f"{out}: exists and is not a folder")
     if out.is_dir() and not overwrite and any(p.suffix.lower() == ".png" for p in out.iterdir()):
@@ -270,9 +298,11 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     seq = open_input(args.input)
     kind = plan_output(args.output, args.overwrite)
+    reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
-    upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp, cache_bytes=int(args.cache_gb * 2**30))
+    upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp, cache_bytes=int(args.cache_gb * 2**30),
+                            compile=args.compile)
 
     out = Path(args.output)
     if kind == "video":
