@@ -593,3 +593,22 @@ def test_compile_that_fails_falls_back_to_eager_with_one_note(weights, capsys, m
     notes = [line for line in capsys.readouterr().err.splitlines() if "--compile" in line]
     # one per compiled piece that ran (feature extractor, propagation/reconstruction), said once
     assert len(notes) == 2 and all("cc not found" in n and "running it eagerly" in n for n in notes)
+
+
+def test_bench_upscale_counts_the_extractor_once_per_frame(tmp_path, capsys):
+    """The cache saves exactly four of the five feature extractions per frame (implicit: nothing else
+    is shared; 96x80 is large enough that no frame is run as a pair with itself), and the bench says
+    the outputs are bit-identical."""
+    from vsrpp_dist.tools import bench
+
+    out = tmp_path / "upscale.json"
+    rc = bench.main(["upscale", "--config", str(ROOT / "configs" / "tiny.yaml"), "--size", "96x80", "--frames", "6",
+                     "--rounds", "1", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["bit_identical"] is True
+    c = ModelConfig(**TINY)
+    extractor = 2 * 9 * (3 * c.channels + 2 * c.extract_blocks * c.channels**2) * 96 * 80
+    saved = (result["scratch"]["gflops_per_frame"] - result["cached"]["gflops_per_frame"]) * 1e9
+    assert saved == pytest.approx(4 * extractor, rel=1e-6)
+    assert "cached/scratch" in capsys.readouterr().out
