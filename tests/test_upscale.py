@@ -190,8 +190,10 @@ def stream_through(upscaler: ClipUpscaler, frames: torch.Tensor, batch: int, cac
         ids = [window for _, window in windows]
         lr = torch.stack([frames[window] for window in ids])
         out.append(upscaler(lr, ids if cached else None))
-        if cached:  # a ring of the frames in flight, not a store of the stream
-            assert {i for _, i in upscaler.cache.features} == {i for window in ids for i in window}
+        if cached:  # a ring of the frames in flight (in every tile), not a store of the stream
+            in_flight = {i for window in ids for i in window}
+            regions = {region for region, _ in upscaler.cache.features}
+            assert set(upscaler.cache.features) == {(r, i) for r in regions for i in in_flight}
     return torch.cat(out)
 
 
@@ -211,6 +213,12 @@ def test_cached_features_give_bit_identical_output(tmp_path, alignment, lr_hw, t
         scratch = stream_through(ClipUpscaler(loaded, torch.device("cpu"), tile=tile), frames, batch, cached=False)
         cached = stream_through(ClipUpscaler(loaded, torch.device("cpu"), tile=tile), frames, batch, cached=True)
         assert torch.equal(cached, scratch), (batch, (cached - scratch).abs().max().item())
+    # and each frame of each tile was extracted once, not once per window
+    upscaler = ClipUpscaler(loaded, torch.device("cpu"), tile=tile)
+    stream_through(upscaler, frames, 2, cached=True)
+    tiles = len({region for region, _ in upscaler.cache.features})
+    assert (tiles > 1) == (tile > 0)
+    assert upscaler.cache.frames_computed == len(frames) * tiles
 
 
 def test_tiled_cache_over_its_budget_recomputes_with_a_note(weights, capsys):

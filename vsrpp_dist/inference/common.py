@@ -258,9 +258,9 @@ def reuse_freed_memory() -> bool:
     By default every block over 32 MiB is a fresh mmap that the kernel zero-fills page by page and
     unmaps again on free; inference at HD sizes allocates and frees such tensors (features, the x3
     frame) hundreds of times per frame, and then spends as much time in the kernel as in the model:
-    upscale of 720p on 2 cores ran user 50 s / sys 55 s, 22 M page faults for 4 frames; with this,
-    user 51 s / sys 6 s, 1.4 M faults (BENCHMARKS.md). The cost: freed memory stays with the process
-    (peak RSS 6.0 GB instead of 4.6 GB there). Affects this process only; a no-op without glibc."""
+    upscale of 4 frames of 720p on 2 cores ran user 50 s / sys 44 s with 22 M page faults; with this,
+    user 50 s / sys 8 s, 3.7 M faults (BENCHMARKS.md). The cost: freed memory stays with the process
+    (peak RSS 5.8 GB instead of 4.6 GB there). Affects this process only; a no-op without glibc."""
     import ctypes
     import ctypes.util
 
@@ -271,7 +271,6 @@ def reuse_freed_memory() -> bool:
         return False
     # trim only when 2 GiB (mallopt takes a C int) lie free at the top of the heap
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
 
 
 # PyTorch's CPU convolution runs a single small image (N*C*H*W <= 20480, Convolution.cpp's `use_mkldnn`)
@@ -306,14 +305,16 @@ class FrameCache:
     def __init__(self) -> None:
         self.features: dict[tuple, torch.Tensor] = {}
         self.flows: dict[tuple, torch.Tensor] = {}
+        self.frames_computed = 0  # feature extractions run, per frame and region (what the cache saves)
 
     def clear(self) -> None:
         self.features.clear()
         self.flows.clear()
 
-    def keep_only(self, feature_keys: set, flow_keys: set) -> None:
-        for store, keep in ((self.features, feature_keys), (self.flows, flow_keys)):
-            for key in [k for k in store if k not in keep]:
+    def keep_only(self, region, frame_ids: set, pair_ids: set) -> None:
+        """Drop the region's entries the current batch does not use (other regions' stay)."""
+        for store, keep in ((self.features, frame_ids), (self.flows, pair_ids)):
+            for key in [k for k in store if k[0] == region and k[1] not in keep]:
                 del store[key]
 
     def nbytes(self) -> int:
@@ -453,11 +454,12 @@ class ClipUpscaler:
             for ti, frame_id in enumerate(window):
                 frame_at.setdefault(frame_id, lr_btchw[bi, ti])
         pair_ids = {(window[a], window[p]) for window in frame_ids for a, p in pairs}
-        cache.keep_only({(region, i) for i in frame_at}, {(region, ab) for ab in pair_ids})
+        cache.keep_only(region, set(frame_at), pair_ids)
 
         new = [i for i in frame_at if (region, i) not in cache.features]
         if new:
             computed = run_per_frame(self.extract_features, torch.stack([frame_at[i] for i in new]))
+            cache.frames_computed += len(new)
             cache.features.update(((region, i), f) for i, f in zip(new, computed))
         new_pairs = [ab for ab in sorted(pair_ids, key=repr) if (region, ab) not in cache.flows]
         if new_pairs:
