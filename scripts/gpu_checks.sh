@@ -32,6 +32,13 @@ if [ -n "${FRAMES:-}" ] && [ -n "$DEFAULT_RUN" ]; then
   done
 fi
 rm -rf "$TESTS_TMP"
+# Inference of the default model at 960x540 -> 2880x1620: frames/s and FLOPs per frame with the per-frame
+# cache off vs on (side by side, same run), in fp32, bf16, bf16 with 4 windows per forward, and compiled.
+for extra in "" "--amp" "--amp --batch 4" "--amp --batch 4 --compile"; do
+  tag=$(echo "${extra:-fp32}" | tr -d '-' | tr ' ' '_')
+  "$PY" -m vsrpp_dist.bench upscale --config configs/default.yaml --size 960x540 --frames 24 --rounds 2 \
+      --device cuda $extra --json "$OUT_DIR/upscale_$tag.json" 2>&1 | tee -a "$OUT_DIR/upscale_bench.log"
+done
 for config in default 6gb; do
   "$PY" -m vsrpp_dist.bench step --config "configs/$config.yaml" --steps 50 --warmup 10 --matmul-peak \
       --rounds 3 --json "$OUT_DIR/step_$config.json" 2>&1 | tee "$OUT_DIR/step_$config.log"

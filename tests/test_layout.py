@@ -19,7 +19,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vsrpp_dist"
 LAYERS = ("shared", "model", "data", "training", "inference", "tools", "entry")
-ENTRY_MODULES = {"train", "commands", "pack", "upscale", "evaluate", "bench", "demo"}
+ENTRY_MODULES = {"train", "commands", "pack", "upscale", "evaluate", "export", "bench", "demo"}
 
 
 def module_name(path: Path) -> str:
@@ -114,7 +114,7 @@ def test_the_entry_modules_and_console_command_reach_every_command():
         assert callable(__import__(module, fromlist=["cli"]).cli), name
     assert commands.main(["--help"]) == 0
     assert commands.main(["nope"]) == 2
-    for entry in ("pack", "upscale", "evaluate", "bench", "demo"):
+    for entry in ("pack", "upscale", "evaluate", "export", "bench", "demo"):
         assert "cli" in (PACKAGE / f"{entry}.py").read_text()
 
 

@@ -179,6 +179,63 @@ def test_tiled_equals_untiled_at_odd_sizes(weights):
     assert (short(lr) - whole).abs().max().item() > 1e-4
 
 
+# -- the per-frame cache -----------------------------------------------------------------------------
+
+
+def stream_through(upscaler: ClipUpscaler, frames: torch.Tensor, batch: int, cached: bool) -> torch.Tensor:
+    """Every frame of `frames` (N, 3, h, w) restored from its mirrored window, in batches, as the commands
+    stream them."""
+    out = []
+    for windows in sliding_windows(range(len(frames)), batch):
+        ids = [window for _, window in windows]
+        lr = torch.stack([frames[window] for window in ids])
+        out.append(upscaler(lr, ids if cached else None))
+        if cached:  # a ring of the frames in flight (in every tile), not a store of the stream
+            in_flight = {i for window in ids for i in window}
+            regions = {region for region, _ in upscaler.cache.features}
+            assert set(upscaler.cache.features) == {(r, i) for r in regions for i in in_flight}
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("alignment, lr_hw, tile", [
+    ("implicit", (24, 30), 0), ("implicit", (36, 164), 8), ("implicit", (60, 124), 0),
+    ("flow", (24, 30), 0), ("flow", (36, 164), 40), ("flow", (60, 124), 0)])
+def test_cached_features_give_bit_identical_output(tmp_path, alignment, lr_hw, tile):
+    """Each frame's features (and flows) computed once and reused by its five windows: the same output
+    bit for bit as computing every window from scratch, whole and tiled, batched or not. 24x30 is small
+    enough that PyTorch's CPU convolution would take another kernel for one frame alone (run_per_frame),
+    60x124 is not."""
+    extra = {} if alignment == "implicit" else dict(flow_channels=4, flow_levels=1, max_flow=1.0)
+    loaded = load_model(save_weights(tmp_path / "w.pt", seed=2, alignment=alignment, **extra), torch.device("cpu"))
+    torch.manual_seed(0)
+    frames = torch.rand(8, 3, *lr_hw)
+    for batch in (1, 3):
+        scratch = stream_through(ClipUpscaler(loaded, torch.device("cpu"), tile=tile), frames, batch, cached=False)
+        cached = stream_through(ClipUpscaler(loaded, torch.device("cpu"), tile=tile), frames, batch, cached=True)
+        assert torch.equal(cached, scratch), (batch, (cached - scratch).abs().max().item())
+    # and each frame of each tile was extracted once, not once per window
+    upscaler = ClipUpscaler(loaded, torch.device("cpu"), tile=tile)
+    stream_through(upscaler, frames, 2, cached=True)
+    tiles = len({region for region, _ in upscaler.cache.features})
+    assert (tiles > 1) == (tile > 0)
+    assert upscaler.cache.frames_computed == len(frames) * tiles
+
+
+def test_tiled_cache_over_its_budget_recomputes_with_a_note(weights, capsys):
+    torch.manual_seed(0)
+    frames = torch.rand(6, 3, 36, 164)
+    loaded = load_model(weights, torch.device("cpu"))
+    reference = stream_through(ClipUpscaler(loaded, torch.device("cpu"), tile=8), frames, 1, cached=False)
+    small = ClipUpscaler(loaded, torch.device("cpu"), tile=8, cache_bytes=1000)
+    out = []
+    for windows in sliding_windows(range(len(frames)), 1):
+        ids = [window for _, window in windows]
+        out.append(small(torch.stack([frames[window] for window in ids]), ids))
+        assert not small.cache.features
+    assert torch.equal(torch.cat(out), reference)
+    assert capsys.readouterr().err.count("--cache-gb") == 1
+
+
 # -- windows -----------------------------------------------------------------------------------------
 
 
@@ -254,6 +311,97 @@ def test_mp4_to_frames_and_mp4_to_mp4_keeps_count_and_rate(weights, clip_mp4, tm
     assert 10 * np.log10(255**2 / mse) > 30
 
 
+def write_clip_with_audio(path: Path, frames: list[np.ndarray], stamps_ms: list[int], rotation: int) -> Path:
+    """H.264 at variable rate (timestamps in ms), a display rotation, BT.709 tags, and an AAC tone."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = "yuv420p"
+        video.time_base = video.codec_context.time_base = Fraction(1, 1000)
+        ctx = video.codec_context
+        ctx.color_primaries = ctx.color_trc = ctx.colorspace = 1
+        video.set_display_rotation(rotation)
+        audio = container.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for frame, ms in zip(frames, stamps_ms):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts, picture.time_base = ms, Fraction(1, 1000)
+            container.mux(video.encode(picture))
+        container.mux(video.encode())
+        samples = 16 * (stamps_ms[-1] + 100)
+        tone = (0.3 * np.sin(np.arange(samples) * 2 * np.pi * 440 / 16000)).astype(np.float32)
+        for start in range(0, samples, 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = 16000, start, Fraction(1, 16000)
+            container.mux(audio.encode(chunk))
+        container.mux(audio.encode())
+    return path
+
+
+def media_of(path: Path) -> dict:
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        ctx = video.codec_context
+        rotation = next(container.decode(video)).rotation
+        container.seek(0)
+        packets = [p for p in container.demux() if p.dts is not None]
+        return {
+            "audio": [(bytes(p), p.pts * p.time_base, p.duration * p.time_base) for p in packets
+                      if p.stream.type == "audio"],
+            "video_times": sorted(p.pts * p.time_base for p in packets if p.stream.type == "video"),
+            "rotation": rotation,
+            "colour": (int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace)),
+        }
+
+
+def test_video_keeps_audio_timestamps_rotation_and_colour(weights, clip_frames, tmp_path, capsys):
+    stamps_ms = [0, 40, 100, 133, 200, 240, 300]  # variable rate
+    source = write_clip_with_audio(tmp_path / "phone.mp4", clip_frames, stamps_ms, rotation=90)
+    src = media_of(source)
+    assert len(src["audio"]) > 5 and src["rotation"] == 90
+
+    out = tmp_path / "x3.mp4"
+    rc, _, err = run(capsys, upscale, "--checkpoint", weights, "--input", source, "--output", out, "--quiet")
+    assert rc == 0, err
+    got = media_of(out)
+    assert got["audio"] == src["audio"]  # every packet: same bytes, same timestamps
+    assert got["video_times"] == src["video_times"] == [Fraction(ms, 1000) for ms in stamps_ms]
+    assert got["rotation"] == 90 and got["colour"] == (1, 1, 1)
+
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", source, "--output", tmp_path / "mute.mp4",
+                   "--no-audio", "--quiet")
+    assert rc == 0 and media_of(tmp_path / "mute.mp4")["audio"] == []
+    # --limit: the audio ends where the video does
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", source, "--output", tmp_path / "cut.mp4",
+                   "--limit", 4, "--quiet")
+    cut = media_of(tmp_path / "cut.mp4")
+    assert rc == 0 and len(cut["video_times"]) == 4
+    assert cut["audio"] == [p for p in src["audio"] if p[1] < Fraction(stamps_ms[4], 1000)]
+    # --fps retimes the video and so drops the audio, with a note
+    rc, _, err = run(capsys, upscale, "--checkpoint", weights, "--input", source, "--output", tmp_path / "fps.mp4",
+                     "--fps", 10, "--quiet")
+    assert rc == 0 and "audio is not copied" in err
+    assert media_of(tmp_path / "fps.mp4")["audio"] == []
+
+
+def test_untagged_source_gives_bt709_converted_as_tagged(weights, clip, clip_frames, tmp_path, capsys):
+    """A frame folder has no colour tags: the output is tagged BT.709 and converted with that matrix, so
+    a decoder that honours the tag gets the model's RGB back (up to the codec's loss)."""
+    out = tmp_path / "x3.mp4"
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", out, "--crf", 0, "--quiet")
+    assert rc == 0
+    assert media_of(out)["colour"] == (1, 1, 1)
+    video, _ = read_video(out)
+    rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", tmp_path / "png", "--quiet")
+    first = read_pngs(tmp_path / "png")[sorted(p.name for p in clip.glob("*.png"))[0]]
+    # lossless H.264 of 4:2:0 chroma: only the chroma subsampling and rounding differ
+    assert np.abs(video[0].astype(int) - first).mean() < 4
+
+
 def test_frame_folder_to_video_uses_fps(weights, clip, tmp_path, capsys):
     out = tmp_path / "x3.mkv"
     rc, _, _ = run(capsys, upscale, "--checkpoint", weights, "--input", clip, "--output", out, "--fps", "12",
@@ -301,6 +449,10 @@ def _bad_cases(tmp: Path, weights: Path, clip: Path) -> dict[str, tuple[list, st
         for i in range(5):
             Image.new("RGB", (30, 24)).save(two / name / f"{i}.png")
     (tmp / "taken.mp4").write_bytes(b"the user's video")
+    (tmp / "not_a_video.mp4").write_bytes(b"text, not H.264")
+    save_weights(tmp / "edvr.pt", model_config=dict(config_to_dict(ModelConfig(**TINY)), name="EDVR"))
+    # flow weights under a config that says implicit
+    save_weights(tmp / "flow_as_implicit.pt", alignment="flow", model_config=config_to_dict(ModelConfig(**TINY)))
     base = ["--checkpoint", weights, "--input", clip, "--output", tmp / "out", "--quiet"]
 
     def replace(flag, value):
@@ -319,6 +471,13 @@ def _bad_cases(tmp: Path, weights: Path, clip: Path) -> dict[str, tuple[list, st
         "existing video output": (replace("--output", tmp / "taken.mp4"), "taken.mp4: exists"),
         "image file as output": (replace("--output", tmp / "out.png"), "give a folder for PNG frames or a video"),
         "bad tile": (base + ["--tile", "-3"], "--tile: -3 is below the minimum 0"),
+        "unreadable video": (replace("--input", tmp / "not_a_video.mp4"), "not_a_video.mp4: cannot read this video"),
+        "another architecture": (replace("--checkpoint", tmp / "edvr.pt"), "'EDVR' is not one of VSRBidirectional_3x"),
+        "another alignment": (replace("--checkpoint", tmp / "flow_as_implicit.pt"),
+                              "weights are of a model with alignment flow, but its model_config says "
+                              "model.alignment=implicit"),
+        "suffix without a muxer": (replace("--output", tmp / "out.flv"), "out.flv: upscale writes videos as .mp4"),
+        "bad cache size": (base + ["--cache-gb", "-1"], "--cache-gb: -1: must be 0 or more"),
     }
 
 
@@ -332,7 +491,37 @@ def test_bad_input_is_one_line_and_exit_2(weights, clip, tmp_path, capsys):
         assert rc == 2, (name, err)
         assert len(lines) == 1 and expected in lines[0], (name, err)
     assert (tmp_path / "taken.mp4").read_bytes() == b"the user's video"
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.flv").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real filesystem of a few pages (tmpfs; skipped where mounting is not allowed)."""
+    point = tmp_path / "tinyfs"
+    point.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(point)], capture_output=True,
+                              text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        pytest.skip(f"cannot mount a tmpfs here: {err}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_full_disk_during_encode_is_one_line_and_leaves_no_partial_file(weights, clip_mp4, tiny_disk, capsys):
+    argv = ["--checkpoint", weights, "--input", clip_mp4, "--crf", 0, "--quiet"]
+    rc, _, err = run(capsys, upscale, *argv, "--output", tiny_disk / "x3.mp4")
+    assert rc == 2
+    assert err.strip().splitlines()[-1].endswith("No space left on device); the incomplete video was removed, "
+                                                 "nothing is left under that name")
+    assert "Traceback" not in err and list(tiny_disk.iterdir()) == []
+    # PNG frames: the complete ones stay, a truncated one does not pass for a frame
+    rc, _, err = run(capsys, upscale, *argv, "--output", tiny_disk / "frames")
+    assert rc == 2 and "No space left on device" in err
+    for png in (tiny_disk / "frames").glob("*.png"):
+        assert Image.open(png).load() is not None and Image.open(png).size == (90, 72)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -378,3 +567,56 @@ def test_gpu_matches_cpu_and_amp_runs(weights):
     assert (gpu - cpu).abs().max().item() < 2e-3  # TF32 convolutions
     amp = ClipUpscaler(loaded, gpu_device, amp=True)(lr).cpu()
     assert amp.shape == cpu.shape and (amp - cpu).abs().mean().item() < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_cache_compile_amp_and_batches_agree(weights):
+    """What a GPU run uses together: the cache, several windows per forward, torch.compile and bf16."""
+    torch.manual_seed(3)
+    frames = torch.rand(7, 3, 40, 52)
+    cpu = stream_through(ClipUpscaler(load_model(weights, torch.device("cpu")), torch.device("cpu")), frames, 1,
+                         cached=False)
+    gpu_device = torch.device("cuda")
+    loaded = load_model(weights, gpu_device)
+    fast = stream_through(ClipUpscaler(loaded, gpu_device, compile=True), frames, 3, cached=True).cpu()
+    assert (fast - cpu).abs().max().item() < 2e-3
+    amp = stream_through(ClipUpscaler(loaded, gpu_device, amp=True, compile=True), frames, 3, cached=True).cpu()
+    assert (amp - cpu).abs().mean().item() < 1e-2
+
+
+def test_compile_that_fails_falls_back_to_eager_with_one_note(weights, capsys, monkeypatch):
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("Compiler: cc not found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    frames = torch.rand(6, 3, *LR_HW)
+    loaded = load_model(weights, torch.device("cpu"))
+    eager = stream_through(ClipUpscaler(loaded, torch.device("cpu")), frames, 2, cached=True)
+    compiled = stream_through(ClipUpscaler(loaded, torch.device("cpu"), compile=True), frames, 2, cached=True)
+    assert torch.equal(compiled, eager)
+    notes = [line for line in capsys.readouterr().err.splitlines() if "--compile" in line]
+    # one per compiled piece that ran (feature extractor, propagation/reconstruction), said once
+    assert len(notes) == 2 and all("cc not found" in n and "running it eagerly" in n for n in notes)
+
+
+def test_bench_upscale_counts_the_extractor_once_per_frame(tmp_path, capsys):
+    """The cache saves exactly four of the five feature extractions per frame (implicit: nothing else
+    is shared; 96x80 is large enough that no frame is run as a pair with itself), and the bench says
+    the outputs are bit-identical."""
+    from vsrpp_dist.tools import bench
+
+    out = tmp_path / "upscale.json"
+    rc = bench.main(["upscale", "--config", str(ROOT / "configs" / "tiny.yaml"), "--size", "96x80", "--frames", "6",
+                     "--rounds", "1", "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert result["bit_identical"] is True
+    c = ModelConfig(**TINY)
+    extractor = 2 * 9 * (3 * c.channels + 2 * c.extract_blocks * c.channels**2) * 96 * 80
+    saved = (result["scratch"]["gflops_per_frame"] - result["cached"]["gflops_per_frame"]) * 1e9
+    assert saved == pytest.approx(4 * extractor, rel=1e-6)
+    assert "cached/scratch" in capsys.readouterr().out

@@ -5,6 +5,7 @@ no repository path (pyproject.toml's [project.scripts]).
     vsrpp train --config C ...    python vsrpp_dist/train.py (one process; several: accelerate launch -m vsrpp_dist.train)
     vsrpp upscale ...             python -m vsrpp_dist.upscale
     vsrpp evaluate ...            python -m vsrpp_dist.evaluate
+    vsrpp export ...              python -m vsrpp_dist.export
     vsrpp bench loader|step|quality ...
     vsrpp demo                    python -m vsrpp_dist.demo
 """
@@ -19,6 +20,7 @@ COMMANDS = {
     "train": ("vsrpp_dist.train", "train the model (one process; several: accelerate launch -m vsrpp_dist.train)"),
     "upscale": ("vsrpp_dist.inference.upscale", "upscale a video or frame folder x3"),
     "evaluate": ("vsrpp_dist.inference.evaluate", "PSNR/SSIM of a model against bicubic"),
+    "export": ("vsrpp_dist.inference.export", "export a model to ONNX, verified against PyTorch"),
     "bench": ("vsrpp_dist.tools.bench", "benchmarks that print figures"),
     "demo": ("vsrpp_dist.tools.demo", "the quickstart: demo footage, shards, a short training run"),
 }

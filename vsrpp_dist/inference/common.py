@@ -17,11 +17,13 @@ bottom/right shifted inwards, so they batch and cuDNN autotunes one shape.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -34,7 +36,7 @@ from ..cli import int_at_least
 from ..config import ConfigError, ModelConfig, load_config, with_legacy_values
 from ..data.sources import Sequence, SequenceError, read_frames
 from ..errors import InferenceError
-from ..model.alignment import FLOW_KERNEL
+from ..model.alignment import FLOW_KERNEL, neighbour_pairs
 from ..model.architecture import build_model
 from ..training.checkpoint import CheckpointError, load_exported_weights
 from ..training.validation import window_indices
@@ -193,6 +195,13 @@ def _state_dict_mismatch(model: nn.Module, state_dict: dict) -> str | None:
     return None
 
 
+def alignment_of_weights(state_dict: dict) -> str:
+    """Which `model.alignment` built these weights, from the modules only it has."""
+    if any(".align." in key for key in state_dict):
+        return "flow_deform"
+    return "flow" if any(key.startswith("flow_net.") for key in state_dict) else "implicit"
+
+
 def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
     """The model in eval mode on `device`, from a checkpoint folder, a symlink to one (RUN/checkpoint_best)
     or the exported weights file."""
@@ -202,6 +211,10 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict):
         raise CheckpointError(f"{checkpoint}: has no state_dict")
+    weights_alignment = alignment_of_weights(state_dict)
+    if weights_alignment != model_cfg.alignment:
+        raise CheckpointError(f"{checkpoint}: its weights are of a model with alignment {weights_alignment}, but its "
+                              f"model_config says model.alignment={model_cfg.alignment}; the file is inconsistent")
     problem = _state_dict_mismatch(model, state_dict)
     if problem:
         c = model_cfg
@@ -235,17 +248,136 @@ def resolve_device(text: str) -> torch.device:
 
 # -- inference ---------------------------------------------------------------------------------------
 
+# glibc's mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc's malloc serve large blocks from its heap and keep freed memory for reuse.
+
+    By default every block over 32 MiB is a fresh mmap that the kernel zero-fills page by page and
+    unmaps again on free; inference at HD sizes allocates and frees such tensors (features, the x3
+    frame) hundreds of times per frame, and then spends as much time in the kernel as in the model:
+    upscale of 4 frames of 720p on 2 cores ran user 50 s / sys 44 s with 22 M page faults; with this,
+    user 50 s / sys 8 s, 3.7 M faults (BENCHMARKS.md). The cost: freed memory stays with the process
+    (peak RSS 5.8 GB instead of 4.6 GB there). Affects this process only; a no-op without glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    # trim only when 2 GiB (mallopt takes a C int) lie free at the top of the heap
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+# PyTorch's CPU convolution runs a single small image (N*C*H*W <= 20480, Convolution.cpp's `use_mkldnn`)
+# through its own kernel and any batch of two or more through oneDNN, whose result for one image does not
+# depend on the batch it sits in. The whole-window forward always batches >= 5 frames, so a frame computed
+# alone is run as a pair with itself when it is that small: the cached output stays bit-identical.
+NATIVE_CONV_MAX_NUMEL = 20480
+
+
+def run_per_frame(module: Callable[..., torch.Tensor], *inputs_nchw: torch.Tensor) -> torch.Tensor:
+    """`module(*inputs)` for N frames, computed as it would be inside a larger batch (see above)."""
+    first = inputs_nchw[0]
+    if first.shape[0] == 1 and first.device.type == "cpu" and first[0].numel() <= NATIVE_CONV_MAX_NUMEL:
+        return module(*(x.expand(2, *x.shape[1:]) for x in inputs_nchw))[:1]
+    return module(*inputs_nchw)
+
+
+def stack_windows(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """(B, ...) from B tensors; one window's is a view of the cached tensor, no copy."""
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
+class FrameCache:
+    """What the model computes per frame (features) and per pair of neighbouring frames (flows), kept for
+    the frames in flight so each is computed once however many windows it sits in.
+
+    Keyed by (region, frame id): the region is the tile (tiles see other pixels), the id whatever the
+    caller names frames by (unique within a stream). A ring, not a store: each call first drops what
+    the current batch of windows does not use, and windows only move forward, so it holds at most the
+    batch's distinct frames (batch + 4) per region."""
+
+    def __init__(self) -> None:
+        self.features: dict[tuple, torch.Tensor] = {}
+        self.flows: dict[tuple, torch.Tensor] = {}
+        self.frames_computed = 0  # feature extractions run, per frame and region (what the cache saves)
+
+    def clear(self) -> None:
+        self.features.clear()
+        self.flows.clear()
+
+    def keep_only(self, region, frame_ids: set, pair_ids: set) -> None:
+        """Drop the region's entries the current batch does not use (other regions' stay)."""
+        for store, keep in ((self.features, frame_ids), (self.flows, pair_ids)):
+            for key in [k for k in store if k[0] == region and k[1] not in keep]:
+                del store[key]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for store in (self.features, self.flows) for t in store.values())
+
+
+class CompiledOrEager:
+    """`fn` through torch.compile, falling back to `fn` itself, with one note, when compiling fails (no
+    C++ compiler or Triton, an unsupported op, an old GPU): --compile never stops a run."""
+
+    def __init__(self, fn: Callable, name: str) -> None:
+        self.eager = fn
+        self.compiled = torch.compile(fn)
+        self.name = name
+        self.failed = False
+
+    def __call__(self, *args):
+        if self.failed:
+            return self.eager(*args)
+        try:
+            return self.compiled(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            note(f"--compile: torch.compile failed for {self.name} ({type(err).__name__}: {first_line[:160]}); "
+                 "running it eagerly")
+            self.failed = True
+            return self.eager(*args)
+
 
 class ClipUpscaler:
-    """5-frame LR clips in, the centre frames x3 out, whole or in tiles, optionally in mixed precision."""
+    """5-frame LR clips in, the centre frames x3 out, whole or in tiles, optionally in mixed precision.
 
-    def __init__(self, loaded: LoadedModel, device: torch.device, tile: int = 0, amp: bool = False) -> None:
+    Given `frame_ids` (which frame of the stream sits at each window position), per-frame features and
+    flows are computed once per frame and reused across the overlapping windows (`FrameCache`): about a
+    quarter less compute for the default model, the same output bit for bit on a CPU (on a GPU within
+    float rounding, as cuDNN picks its algorithms per shape). Tiled, the cache holds every tile's
+    features of the frames in flight, about (batch + 4) x the frame's features; above `cache_bytes` the
+    tiles are recomputed instead (same output, more compute)."""
+
+    def __init__(self, loaded: LoadedModel, device: torch.device, tile: int = 0, amp: bool = False,
+                 cache_bytes: int = 2 << 30, compile: bool = False) -> None:
         self.model = loaded.model
+        model = loaded.model
+        # the three pieces inference runs; --compile compiles each (whole windows run all three too)
+        self.extract_features, self.estimate_flows, self.restore = model.feature_extractor, \
+            getattr(model, "flow_net", None), model.restore
+        self.forward_whole = model
+        if compile:
+            self.extract_features = CompiledOrEager(model.feature_extractor, "the feature extractor")
+            self.restore = CompiledOrEager(model.restore, "the propagation and reconstruction")
+            self.forward_whole = CompiledOrEager(model, "the model")
+            if self.estimate_flows is not None:
+                self.estimate_flows = CompiledOrEager(model.flow_net, "the flow network")
+        self.model_cfg = loaded.model_cfg
         self.scale = loaded.model_cfg.scale
         self.radius = loaded.radius
         self.tile_multiple = loaded.tile_multiple
         self.device = device
         self.tile = tile
+        self.cache = FrameCache()
+        self.cache_bytes = cache_bytes
         self.amp_dtype = None
         if amp:
             # bf16 keeps fp32's range (no overflow in deep trunks); fp16 only where bf16 is missing
@@ -255,8 +387,10 @@ class ClipUpscaler:
             torch.backends.cudnn.benchmark = True  # one tile shape (or one frame size) per run
 
     @torch.inference_mode()
-    def __call__(self, lr_btchw: torch.Tensor) -> torch.Tensor:
-        """(B, 5, 3, h, w) uint8 or [0, 1] floats -> (B, 3, 3h, 3w) float32 in [0, 1] on the device."""
+    def __call__(self, lr_btchw: torch.Tensor, frame_ids: list[list] | None = None) -> torch.Tensor:
+        """(B, 5, 3, h, w) uint8 or [0, 1] floats -> (B, 3, 3h, 3w) float32 in [0, 1] on the device.
+        `frame_ids[b][t]` names the frame at position t of window b (equal ids: equal frames); without
+        them every window is computed from scratch."""
         lr_btchw = lr_btchw.to(self.device, non_blocking=True)
         if not lr_btchw.is_floating_point():
             lr_btchw = lr_btchw.float().div_(255)
@@ -264,24 +398,81 @@ class ClipUpscaler:
         s = self.scale
         rows = tile_spans(h, self.tile, self.radius, self.tile_multiple)
         cols = tile_spans(w, self.tile, self.radius, self.tile_multiple)
+        if frame_ids is not None and not self._cache_fits(frame_ids, rows, cols):
+            frame_ids = None
+        if frame_ids is None:
+            self.cache.clear()
         if len(rows) == 1 and len(cols) == 1:
-            return self._forward(lr_btchw)
+            return self._forward(lr_btchw, frame_ids, region=0)
         sr_bchw = torch.empty(b, c, s * h, s * w, device=self.device)
-        for row in rows:
-            for col in cols:
-                tile_sr = self._forward(lr_btchw[..., row.in_start:row.in_end, col.in_start:col.in_end])
+        for row_index, row in enumerate(rows):
+            for col_index, col in enumerate(cols):
+                tile_sr = self._forward(lr_btchw[..., row.in_start:row.in_end, col.in_start:col.in_end], frame_ids,
+                                        region=(row_index, col_index))
                 y0, y1 = s * (row.core_start - row.in_start), s * (row.core_end - row.in_start)
                 x0, x1 = s * (col.core_start - col.in_start), s * (col.core_end - col.in_start)
                 sr_bchw[..., s * row.core_start:s * row.core_end, s * col.core_start:s * col.core_end] = \
                     tile_sr[..., y0:y1, x0:x1]
         return sr_bchw
 
-    def _forward(self, lr_btchw: torch.Tensor) -> torch.Tensor:
+    def _cache_fits(self, frame_ids: list[list], rows: list[Span], cols: list[Span]) -> bool:
+        """Whole frames: always (the ring holds what one forward pass holds anyway). Tiles: when every
+        tile's features of the batch's frames fit `cache_bytes`."""
+        if len(rows) == 1 and len(cols) == 1:
+            return True
+        distinct = len({i for window in frame_ids for i in window})
+        pixels = sum((r.in_end - r.in_start) * (c.in_end - c.in_start) for r in rows for c in cols)
+        flow_channels = 0 if self.model_cfg.alignment == "implicit" else 2 * 2  # two flows per new frame
+        need = distinct * pixels * (self.model_cfg.channels + flow_channels) * 4
+        if need <= self.cache_bytes:
+            return True
+        if not getattr(self, "_said_cache_too_small", False):
+            note(f"tiled features of the frames in flight need {need / 2**30:.1f} GiB, more than --cache-gb "
+                 f"{self.cache_bytes / 2**30:g}: each window is computed from scratch (same output, more compute)")
+            self._said_cache_too_small = True
+        return False
+
+    def _forward(self, lr_btchw: torch.Tensor, frame_ids: list[list] | None, region) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            sr = self.model(lr_btchw)
+            if frame_ids is None:
+                sr = self.forward_whole(lr_btchw)
+            else:
+                feats, flows = self._per_frame_results(lr_btchw, frame_ids, region)
+                sr = self.restore(lr_btchw, feats, flows)
         # mixed precision can overflow to inf/NaN in a bad spot; never let that reach an 8-bit frame
         return torch.nan_to_num(sr.float(), nan=0.0).clamp_(0, 1)
+
+    def _per_frame_results(self, lr_btchw: torch.Tensor, frame_ids: list[list], region):
+        """The features of each window position and the flows between positions, as `restore` takes
+        them, from the cache where the frame (pair) was seen, computed in one batch where not."""
+        cache = self.cache
+        t = lr_btchw.shape[1]
+        pairs = neighbour_pairs(t) if self.model_cfg.alignment != "implicit" else []
+        frame_at = {}  # frame id -> its (3, h, w) tile
+        for bi, window in enumerate(frame_ids):
+            for ti, frame_id in enumerate(window):
+                frame_at.setdefault(frame_id, lr_btchw[bi, ti])
+        pair_ids = {(window[a], window[p]) for window in frame_ids for a, p in pairs}
+        cache.keep_only(region, set(frame_at), pair_ids)
+
+        new = [i for i in frame_at if (region, i) not in cache.features]
+        if new:
+            computed = run_per_frame(self.extract_features, torch.stack([frame_at[i] for i in new]))
+            cache.frames_computed += len(new)
+            cache.features.update(((region, i), f) for i, f in zip(new, computed))
+        new_pairs = [ab for ab in sorted(pair_ids, key=repr) if (region, ab) not in cache.flows]
+        if new_pairs:
+            computed = run_per_frame(self.estimate_flows, torch.stack([frame_at[a] for a, _ in new_pairs]),
+                                     torch.stack([frame_at[p] for _, p in new_pairs]))
+            cache.flows.update(((region, ab), f) for ab, f in zip(new_pairs, computed))
+
+        feats = [stack_windows([cache.features[(region, window[ti])] for window in frame_ids]) for ti in range(t)]
+        flows = None
+        if pairs:
+            flows = {(a, p): stack_windows([cache.flows[(region, (window[a], window[p]))] for window in frame_ids])
+                     for a, p in pairs}
+        return feats, flows
 
 
 def to_uint8(sr_bchw: torch.Tensor) -> torch.Tensor:
@@ -399,11 +590,18 @@ class PngFolder:
         self.folder = folder
         self.name_of = name_of
 
+    after_failure = "the frames written before it are complete and kept"
+
     def write(self, index: int, frame_hwc: np.ndarray) -> None:
         from PIL import Image
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frame_hwc).save(self.folder / self.name_of(index), compress_level=PNG_COMPRESS_LEVEL)
+        path = self.folder / self.name_of(index)
+        try:
+            Image.fromarray(frame_hwc).save(path, compress_level=PNG_COMPRESS_LEVEL)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a truncated PNG (disk full) would pass for a frame
+            raise
 
     def close(self) -> None:
         pass
@@ -425,14 +623,31 @@ class BackgroundWriter:
 
     def submit(self, index: int, frame_hwc: np.ndarray) -> None:
         while len(self.pending) >= self.max_pending:
-            self.pending.popleft().result()
+            self._wait(self.pending.popleft())
         self.pending.append(self.pool.submit(self.sink.write, index, frame_hwc))
 
     def close(self) -> None:
         while self.pending:
-            self.pending.popleft().result()
+            self._wait(self.pending.popleft())
         self.pool.shutdown(wait=True)
-        self.sink.close()
+        with self._as_user_error():
+            self.sink.close()
+
+    def _wait(self, future: Future) -> None:
+        with self._as_user_error():
+            future.result()
+
+    @contextmanager
+    def _as_user_error(self):
+        """A full disk or a lost mount is the user's to fix: one line (the caller then aborts the sink,
+        which removes what is incomplete)."""
+        try:
+            yield
+        except OSError as err:
+            target = getattr(self.sink, "path", None) or getattr(self.sink, "folder", "the output")
+            reason = err.strerror or str(err)
+            raise InferenceError(f"{target}: writing the output failed ({reason}); "
+                                 f"{self.sink.after_failure}") from None
 
     def abort(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -446,6 +661,17 @@ def note(message: str) -> None:
 
 # -- arguments both commands share -------------------------------------------------------------------
 
+
+
+def gigabytes(text: str) -> float:
+    """An argparse `type` for a memory size in GiB (>= 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
 
 
 def add_checkpoint_argument(parser) -> None:
@@ -462,11 +688,18 @@ def add_inference_arguments(parser) -> None:
                         help="run LR tiles of NxN pixels with enough overlap (the model's receptive radius) "
                              "that the output equals whole-frame processing; bounds memory for large "
                              "frames (0: whole frames, the default)")
+    parser.add_argument("--cache-gb", type=gigabytes, default=2.0, metavar="G",
+                        help="memory for the per-frame features of tiled runs, which each frame's five windows "
+                             "share (default 2; whole frames always share them); when the frames in flight need "
+                             "more, tiles are recomputed per window: same output, more compute")
     parser.add_argument("--device", default="auto",
                         help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N")
     parser.add_argument("--amp", action="store_true",
                         help="mixed precision: bf16 (fp16 on GPUs without bf16); faster on GPUs, output "
                              "differs slightly from fp32; on a CPU it is bf16 and rarely faster")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (GPU: faster after a compile of a minute or so per frame "
+                             "size; falls back to eager with a note when compiling fails)")
     parser.add_argument("--limit", type=int_at_least(1), default=0, metavar="N",
                         help="only the first N frames of each sequence (they count as the whole sequence: "
                              "the last windows mirror at frame N)")

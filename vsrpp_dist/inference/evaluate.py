@@ -58,6 +58,7 @@ from .common import (
     numbered_frame_name,
     read_frames_chw,
     resolve_device,
+    reuse_freed_memory,
     sliding_windows,
     to_uint8,
 )
@@ -270,11 +271,12 @@ class SequenceScorer:
     def run(self, job: Job, saver: BackgroundWriter | None, progress, index: int = 0) -> list[list[float]]:
         """Per frame: the 4 bicubic metrics, then the 4 model metrics (`index`: the job's place in the set)."""
         rows = []
-        for batch in sliding_windows(self.frames(job, index), self.batch):
-            lr_btchw = torch.stack([torch.stack([lr for _, lr in window]) for _, window in batch])
-            gt_bchw = torch.stack([window[2][0] for _, window in batch]).to(self.device).float().div_(255)
-            sr_bchw = self.upscaler(lr_btchw)
-            bicubic_bchw = upscale(lr_btchw[:, 2].to(self.device).float().div_(255), SCALE)
+        for batch in sliding_windows(enumerate(self.frames(job, index)), self.batch):
+            lq_btchw = torch.stack([torch.stack([lq for _, (_, lq) in window]) for _, window in batch])
+            gt_bchw = torch.stack([window[2][1][0] for _, window in batch]).to(self.device).float().div_(255)
+            # ids unique across sequences: the cache must never hand one sequence's frame to the next
+            sr_bchw = self.upscaler(lq_btchw, [[(id(job), frame) for frame, _ in window] for _, window in batch])
+            bicubic_bchw = upscale(lq_btchw[:, 2].to(self.device).float().div_(255), SCALE)
             # score() clamps and rounds both to 8 bits first: what saved PNGs would score
             bicubic_scores = score(bicubic_bchw, gt_bchw, self.crop_border)
             model_scores = score(sr_bchw, gt_bchw, self.crop_border)
@@ -380,13 +382,15 @@ def main(argv=None) -> int:
     for job in jobs:
         if job.gt_hw is not None:  # the rest (videos) are checked when their first frame arrives
             gt_crop(job, args.crop_border)
+    reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
     lr_origin = args.lr or (f"realistic degradation (default ranges), seed {args.seed}" if degradation else
                             "MATLAB bicubic x3 of GT, 8-bit")
     print(f"{len(jobs)} sequence{'s' if len(jobs) != 1 else ''} from {data}; LR: {lr_origin}; "
           f"crop border {args.crop_border}", file=sys.stderr)
-    scorer = SequenceScorer(ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp), device,
+    scorer = SequenceScorer(ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp,
+                                         cache_bytes=int(args.cache_gb * 2**30), compile=args.compile), device,
                             args.crop_border, args.batch, degradation, args.seed)
 
     from tqdm import tqdm

@@ -4,15 +4,19 @@
                                  [--device auto|cpu|cuda[:N]] [--amp] [--crf Q] [--fps R] [--limit N]
 
 IN is one video file (.mp4 .mkv .avi .mov .webm) or one folder of frames (any image format, natural
-order). OUT is a video file when it ends in a video suffix, else a folder of PNG frames. Every frame is
+order). OUT is a video file when it ends in a video suffix, else a folder of PNG frames (a name with
+another suffix, say clip.flv, is refused unless that folder exists). Every frame is
 restored from its 5-frame window (mirrored at the ends, as in validation), clamped and rounded to
 8 bits. Frames stream through: decoding, the model and encoding each hold a few frames at a time.
 
 Video output: H.264 (libx264; VP9 for .webm) at constant quality `--crf` (default 16: close to
 visually lossless, files much larger than a typical web video), preset "medium", 4:2:0 chroma (plays
-everywhere) when the x3 frame size is even, 4:4:4 when it is odd (4:2:0 needs even sizes). The frame
-rate is the source video's (its average rate; a variable-rate source becomes constant-rate), or
-`--fps` (default 25 for frame folders). Audio is not copied: mux it back with e.g. ffmpeg.
+everywhere) when the x3 frame size is even, 4:4:4 when it is odd (4:2:0 needs even sizes). A source
+video's frame timestamps are kept (a variable-rate source stays variable-rate), and so are its
+rotation, its colour tags (BT.709 where it has none, the conversion from RGB matching the tag) and its
+audio streams, copied packet for packet (`--no-audio` leaves them out; `--limit` cuts them where the
+video ends). `--fps` retimes the video to a constant rate (default 25 for frame folders) and then
+drops the audio, which would drift. vsrpp_dist/inference/media.py says how.
 The file is written under a temporary name and renamed when complete, so a stopped run leaves no
 half-written video under OUT's name. PNG frames are named after the input frames (frame folders) or
 numbered 00000000.png, ... (videos).
@@ -45,11 +49,14 @@ from .common import (
     frame_names,
     frame_size_of_folder,
     load_model,
+    note,
     read_frames_chw,
     resolve_device,
+    reuse_freed_memory,
     sliding_windows,
     to_uint8,
 )
+from .media import AudioCopy, Colour, SourceMedia, probe
 
 PROG = "python -m vsrpp_dist.upscale"
 # suffix -> (container format, codec)
@@ -72,7 +79,7 @@ def parse_fps(text: str) -> Fraction:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                            epilog="Video output: libx264 (VP9 for .webm) at --crf, 4:2:0 chroma when the "
-                                  "x3 size is even, else 4:4:4; no audio. See the module docstring for more.")
+                                  "x3 size is even, else 4:4:4; the source's audio, timestamps, rotation and colour tags are kept. See the module docstring for more.")
     add_checkpoint_argument(parser)
     parser.add_argument("--input", required=True, metavar="IN",
                         help=f"a video file ({' '.join(VIDEO_SUFFIXES)}) or a folder of frames")
@@ -83,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "with libx264)")
     parser.add_argument("--fps", type=parse_fps, default=None, metavar="R",
                         help="frame rate of a video output (default: the source video's; 25 for frame folders)")
+    parser.add_argument("--no-audio", action="store_true",
+                        help="leave the source video's audio out (by default every audio stream is copied "
+                             "unchanged)")
     add_inference_arguments(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output video or PNG frames of the same names")
@@ -102,7 +112,27 @@ def open_input(path: str) -> Sequence:
     seq = source.sequences[0]
     if seq.kind == "frames":
         frame_size_of_folder(seq)
+    else:
+        check_video_readable(seq.path)
     return seq
+
+
+def check_video_readable(path: str) -> None:
+    """Opens the video and decodes its first frame, so a file that is not a video (or is cut short
+    before its first picture) is refused before the model loads or any output exists."""
+    import av
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise InferenceError(f"{path}: has no video stream")
+            if next(container.decode(container.streams.video[0]), None) is None:
+                raise InferenceError(f"{path}: holds no decodable frame")
+    except InferenceError:
+        raise
+    except Exception as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise InferenceError(f"{path}: cannot read this video ({reason})") from None
 
 
 def source_frame_rate(seq: Sequence) -> Fraction | None:
@@ -119,19 +149,44 @@ def source_frame_rate(seq: Sequence) -> Fraction | None:
     return Fraction(rate) if rate else None
 
 
+def source_media(seq: Sequence, fps_given: bool, audio: bool) -> SourceMedia | None:
+    """What the output keeps of a source video; --fps retimes the video, so then neither its timestamps
+    nor its audio (which would drift) are kept."""
+    if seq.kind != "video":
+        return None
+    media = probe(seq.path)
+    if media is not None and fps_given:
+        if audio and media.audio_streams:
+            note("--fps retimes the video: its audio is not copied (it would drift); leave --fps out to keep it")
+        media.timestamps, media.audio_streams = [], 0
+    if media is not None and len(set(media.timestamps)) != len(media.timestamps):
+        note(f"{seq.path}: repeated video timestamps; the output runs at the average frame rate")
+        media.timestamps = []
+    return media
+
+
 # -- output ------------------------------------------------------------------------------------------
 
 
 class VideoFile:
-    """Encodes frames in order into OUT's temporary twin; `close` renames it to OUT."""
+    """Encodes frames in order into OUT's temporary twin, with the source's timestamps, rotation, colour
+    tags and audio where there is a source video (`media`); `close` renames it to OUT."""
 
-    def __init__(self, path: Path, fps: Fraction, crf: int) -> None:
+    after_failure = "the incomplete video was removed, nothing is left under that name"
+
+    def __init__(self, path: Path, fps: Fraction, crf: int, media: SourceMedia | None = None,
+                 audio: bool = True) -> None:
         self.path = path
         self.tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
         self.fps = fps
         self.crf = crf
+        self.media = media
+        self.colour = media.colour if media else Colour()
+        self.audio_wanted = audio and media is not None and media.audio_streams > 0
         self.container = None
         self.stream = None
+        self.audio: AudioCopy | None = None
+        self.written = 0
 
     def _open(self, height: int, width: int) -> None:
         import av
@@ -146,27 +201,63 @@ class VideoFile:
         options = {"crf": str(self.crf)}
         options.update({"preset": "medium"} if codec == "libx264" else {"b": "0"})  # VP9: constant quality
         stream.options = options
+        ctx = stream.codec_context
+        ctx.color_primaries, ctx.color_trc, ctx.colorspace = self.colour.primaries, self.colour.transfer, \
+            self.colour.matrix
+        ctx.color_range = 1  # limited ("TV") range: what swscale's YUV output is
+        keep_timestamps = self.media is not None and self.media.timestamps and self.media.time_base
+        self.time_base = self.media.time_base if keep_timestamps else 1 / self.fps
+        stream.time_base = ctx.time_base = self.time_base
+        if self.media is not None and self.media.rotation:
+            stream.set_display_rotation(self.media.rotation)
+        if self.audio_wanted:
+            self.audio = AudioCopy(self.media.path, self.container)  # streams added before the header
         self.stream = stream
         if not even:
             print(f"note: {width}x{height} is odd-sized; encoding with 4:4:4 chroma (4:2:0 needs even sizes; "
                   "some players do not play 4:4:4 H.264)", file=sys.stderr)
+
+    def _pts(self, index: int) -> int:
+        """Frame `index`'s timestamp in the stream's time base: the source's (past its last one, and
+        without a source, at the constant rate)."""
+        tb = self.time_base
+        stamps = self.media.timestamps if self.media is not None else []
+        if index < len(stamps):
+            return stamps[index]
+        last, frame = (stamps[-1], len(stamps) - 1) if stamps else (0, 0)
+        return last + round((index - frame) / (self.fps * tb))
 
     def write(self, index: int, frame_hwc: np.ndarray) -> None:
         import av
 
         if self.container is None:
             self._open(*frame_hwc.shape[:2])
-        self.container.mux(self.stream.encode(av.VideoFrame.from_ndarray(frame_hwc, format="rgb24")))
+        # converted with the matrix the stream is tagged with (PyAV's own conversion would use BT.601)
+        frame = av.VideoFrame.from_ndarray(frame_hwc, format="rgb24").reformat(
+            format=self.stream.pix_fmt, dst_colorspace=self.colour.reformatter_matrix)
+        frame.pts = self._pts(index)
+        frame.time_base = self.time_base
+        self.container.mux(self.stream.encode(frame))
+        self.written = index + 1
+        if self.audio is not None:
+            self.audio.until(float(frame.pts * frame.time_base))
 
     def close(self) -> None:
         if self.container is None:
             return
         self.container.mux(self.stream.encode())  # flush the encoder's delayed frames
+        if self.audio is not None:
+            # to the end, or to where the video stops (--limit)
+            cut = self.media.timestamp(self.written)
+            self.audio.until(float(cut * self.media.time_base) if cut is not None else None)
+            self.audio.close()
         self.container.close()
         self.container = None
         os.replace(self.tmp, self.path)  # the commit point: OUT is complete or absent
 
     def abort(self) -> None:
+        if self.audio is not None:
+            self.audio.close()
         if self.container is not None:
             try:
                 self.container.close()
@@ -188,6 +279,10 @@ def plan_output(path: str, overwrite: bool) -> str:
         return "video"
     if suffix in IMAGE_SUFFIXES or suffix in VIDEO_SUFFIXES:
         raise InferenceError(f"{out}: give a folder for PNG frames or a video file ({', '.join(VIDEO_FORMATS)})")
+    if suffix and not out.is_dir():
+        # a name like clip.flv or clip.mpg is a video the user wants, not a folder to fill with PNGs
+        raise InferenceError(f"{out}: upscale writes videos as {', '.join(VIDEO_FORMATS)} only; for PNG frames "
+                             "name a folder without a suffix (or an existing folder)")
     if out.exists() and not out.is_dir():
         raise InferenceError(f"{out}: exists and is not a folder")
     if out.is_dir() and not overwrite and any(p.suffix.lower() == ".png" for p in out.iterdir()):
@@ -203,14 +298,18 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     seq = open_input(args.input)
     kind = plan_output(args.output, args.overwrite)
+    reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
-    upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp)
+    upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp, cache_bytes=int(args.cache_gb * 2**30),
+                            compile=args.compile)
 
     out = Path(args.output)
     if kind == "video":
         fps = args.fps or source_frame_rate(seq) or DEFAULT_FPS
-        sink = BackgroundWriter(VideoFile(out, fps, args.crf), threads=1, max_pending=4)
+        media = source_media(seq, fps_given=args.fps is not None, audio=not args.no_audio)
+        sink = BackgroundWriter(VideoFile(out, fps, args.crf, media, audio=not args.no_audio), threads=1,
+                                max_pending=4)
     else:
         sink = BackgroundWriter(PngFolder(out, frame_names(seq)), threads=min(4, os.cpu_count() or 1),
                                 max_pending=8)
@@ -224,10 +323,11 @@ def main(argv=None) -> int:
     written, lr_hw = 0, (0, 0)
     try:
         with tqdm(total=total, unit="frame", desc=Path(seq.path).name, disable=args.quiet, file=sys.stderr) as bar:
-            for batch in sliding_windows(read_frames_chw(seq, args.limit), args.batch):
-                lr_btchw = torch.stack([torch.stack(window) for _, window in batch])
+            for batch in sliding_windows(enumerate(read_frames_chw(seq, args.limit)), args.batch):
+                lr_btchw = torch.stack([torch.stack([frame for _, frame in window]) for _, window in batch])
+                frame_ids = [[index for index, _ in window] for _, window in batch]
                 lr_hw = tuple(lr_btchw.shape[-2:])
-                sr_bhwc = to_uint8(upscaler(lr_btchw)).permute(0, 2, 3, 1).numpy()
+                sr_bhwc = to_uint8(upscaler(lr_btchw, frame_ids)).permute(0, 2, 3, 1).numpy()
                 for (index, _), frame_hwc in zip(batch, sr_bhwc):
                     sink.submit(index, np.ascontiguousarray(frame_hwc))
                 written += len(batch)

@@ -127,22 +127,31 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
         if t != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames per clip, got {t}")
         feats_btchw = self.feature_extractor(lr_btchw.reshape(b * t, c, h, w)).view(b, t, -1, h, w)
-        centre = t // 2
         flows = self._flows(lr_btchw) if self.alignment != "implicit" else None
+        return self.restore(lr_btchw, feats_btchw.unbind(1), flows, with_alignment)
+
+    def restore(self, lr_btchw: torch.Tensor, feats: list[torch.Tensor] | tuple[torch.Tensor, ...],
+                flows: dict[tuple[int, int], torch.Tensor] | None, with_alignment: bool = False):
+        """The rest of `forward` from what does not depend on which frame is the centre: `feats[i]`, the
+        (B, C, h, w) features of frame i (`feature_extractor`), and `flows[(a, b)]`, the flow a -> b for
+        every pair in `neighbour_pairs` (`flow_net`; None for `implicit`). Inference computes those once
+        per frame and reuses them across the overlapping windows (inference/common.py)."""
+        t = lr_btchw.shape[1]
+        centre = t // 2
         for branch in (self.backward_branch, self.forward_branch):
             if hasattr(branch, "align"):
                 branch.align.offset_abs_means.clear()
 
         # Backward branch: centre -> later frames (F3 -> F4 -> F5); the state is aligned to each
         # frame before absorbing it, then brought back onto the centre's grid.
-        backward_state = feats_btchw[:, centre]
+        backward_state = feats[centre]
         for i in range(centre + 1, t):
-            backward_state = self.backward_branch(feats_btchw[:, i], backward_state, flows and flows[(i, i - 1)])
+            backward_state = self.backward_branch(feats[i], backward_state, flows and flows[(i, i - 1)])
 
         # Forward branch: centre -> earlier frames (F3 -> F2 -> F1).
-        forward_state = feats_btchw[:, centre]
+        forward_state = feats[centre]
         for i in range(centre - 1, -1, -1):
-            forward_state = self.forward_branch(feats_btchw[:, i], forward_state, flows and flows[(i, i + 1)])
+            forward_state = self.forward_branch(feats[i], forward_state, flows and flows[(i, i + 1)])
 
         to_centre = None
         if flows is not None:
@@ -152,7 +161,7 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
             backward_state = flow_warp(backward_state, to_centre[(centre, t - 1)])
             forward_state = flow_warp(forward_state, to_centre[(centre, 0)])
 
-        fused = self.fusion(torch.cat([feats_btchw[:, centre], backward_state, forward_state], dim=1))
+        fused = self.fusion(torch.cat([feats[centre], backward_state, forward_state], dim=1))
         detail = self.upsampler(self.reconstruction(fused))
         base = F.interpolate(lr_btchw[:, centre], scale_factor=self.scale, mode="bicubic", align_corners=False)
         sr = base + detail

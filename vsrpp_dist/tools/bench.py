@@ -4,12 +4,15 @@
     python -m vsrpp_dist.bench step --config CONFIG [--steps N] [--matmul-peak] [key.sub=value ...]
     python -m vsrpp_dist.bench quality [--frames DIR] [--minutes M] [--variants LIST] [--seeds LIST]
     python -m vsrpp_dist.bench degradation [--config CONFIG] [--rounds N] [key.sub=value ...]
+    python -m vsrpp_dist.bench upscale --config CONFIG|--checkpoint C [--size WxH] [--frames N] [--tile N]
 
 `step` (vsrpp_dist/tools/bench_step.py): the trainer's step against a bare PyTorch loop.
 `quality` (vsrpp_dist/tools/bench_quality.py): alignment variants at equal wall-clock, scored on held-out
 footage.
 `degradation` (vsrpp_dist/tools/bench_degradation.py): what the realistic degradation costs against
 bicubic in the loader, on the device and in the training step.
+`upscale` (vsrpp_dist/tools/bench_upscale.py): inference frames/s and FLOPs per output frame with the
+per-frame cache on and off, side by side.
 
 `loader`: how many 5-frame training clips one CPU core delivers from our shards, side
 by side in the same process with a BasicSR-style loader reading the same frames from a folder of PNG
@@ -53,7 +56,7 @@ import torch
 from ..cli import OneLineParser, int_at_least, run_cli
 from ..config import SCALE
 from ..errors import BenchError
-from . import bench_degradation, bench_quality, bench_step
+from . import bench_degradation, bench_quality, bench_step, bench_upscale
 
 PROG = "python -m vsrpp_dist.bench"
 CLIP_FRAMES = 5
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_step.add_parser(commands)
     bench_quality.add_parser(commands)
     bench_degradation.add_parser(commands)
+    bench_upscale.add_parser(commands)
     return parser
 
 
