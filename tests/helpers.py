@@ -3,21 +3,29 @@ ranks through the real launcher, and reading back what a run wrote. (Fixtures li
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from vsrpp_dist.config import load_config
+from vsrpp_dist.config import ModelConfig, config_to_dict, load_config
+from vsrpp_dist.model.architecture import build_model
+from vsrpp_dist.training.checkpoint import WEIGHTS_FORMAT
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "configs" / "tiny.yaml"
 LAUNCH_STEPS = 40  # the launcher runs' length
+FIXTURES = ROOT / "tests" / "fixtures"
+# the model of configs/tiny.yaml, for weights files made without training
+TINY_MODEL = dict(channels=8, extract_blocks=1, propagation_blocks=1, reconstruction_blocks=1, upsample_channels=8)
 
 
 def make_config(run_dir, train_shards, val_shards, *overrides):
@@ -94,3 +102,45 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def save_weights(path: Path, seed: int = 0, model_config: dict | None = None, **overrides) -> Path:
+    """A weights file as a checkpoint holds it (CheckpointContents.weights), of a tiny random model."""
+    cfg = ModelConfig(**{**TINY_MODEL, **overrides})
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    payload = {"format": WEIGHTS_FORMAT, "version": 1, "model_config": model_config or config_to_dict(cfg),
+               "state_dict": {k: v.detach().float().contiguous() for k, v in model.state_dict().items()},
+               "ema": False, "step": 7}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+    return path
+
+
+def run(capsys, module, *argv) -> tuple[int, str, str]:
+    """A command in-process through run_cli, as `python -m` runs it."""
+    rc = module.cli([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def read_pngs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+class OneProcess:
+    """What Validator asks of an Accelerator, on one CPU process."""
+
+    process_index, num_processes, is_main_process, device = 0, 1, True, torch.device("cpu")
+    gather = staticmethod(lambda t: t)
+    autocast = staticmethod(contextlib.nullcontext)
+
+
+class Quiet:
+    """An Observer that records nothing."""
+
+    def info(self, *args):
+        pass
+
+    def image(self, *args):
+        pass

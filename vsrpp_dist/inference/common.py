@@ -69,7 +69,7 @@ def receptive_radius(model_cfg: ModelConfig) -> int:
     radius = 4 + 2*E + (T//2)*(1 + 2*P) + 2*R for E/P/R blocks and T frames; the default model
     (5/10/5 blocks, 5 frames) gives 66, the demo model (2/3/2) 26. The bicubic global residual needs 2
     LR pixels, always less. Residual skips are shorter paths and do not widen it. This one is exact
-    (tests/test_upscale.py finds it as the gradient's support).
+    (tests/inference/test_upscale.py finds it as the gradient's support).
 
     `flow` and `flow_deform` reach further: a warp samples up to `max_flow` (M) pixels away, so the
     radius is an upper bound built from those bounds (the field itself depends on the flows):

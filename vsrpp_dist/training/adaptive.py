@@ -1,6 +1,6 @@
 """The adaptive system: dynamic loss weights, percentile gradient clipping, aggressive mode, plateau recovery.
 
-Rules (each unit-tested in tests/test_adaptive.py):
+Rules (each unit-tested in tests/training/test_adaptive.py):
 
 * Dynamic weights. Every `update_every` steps the rank-averaged mean of each loss part over the interval
   is folded into an EMA. The first EMA is the reference. For each part, `remaining = ema / reference`

@@ -36,9 +36,11 @@ from vsrpp_dist.data.shard_format import (
 from vsrpp_dist.data.sources import read_frames, scan_source
 
 # shard_format.decode_frame uses torchvision.io, which warns about its future in torchvision 0.29
+from ..helpers import ROOT
+
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT  # the repository, for subprocesses run from it
 MANIFEST_KEYS = {"format", "format_version", "scale", "split", "codec", "frames_per_sample", "min_tile",
                  "has_lr", "sources", "sequences", "shards", "totals", "skipped", "created", "tool"}
 SEQUENCE_KEYS = {"index", "name", "source", "kind", "num_frames", "frame_size", "original_size", "cropped",

@@ -7,7 +7,7 @@ from vsrpp_dist.config import load_config
 from vsrpp_dist.model.architecture import VSRBidirectional_3x, build_model, conv_flops_per_clip, count_parameters
 from vsrpp_dist.training.wrapping import set_activation_checkpointing
 
-from .helpers import ROOT
+from ..helpers import ROOT
 
 
 def tiny_model():

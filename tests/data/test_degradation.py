@@ -12,7 +12,7 @@ from vsrpp_dist.config import ConfigError, load_config
 from vsrpp_dist.data import degradation as D
 from vsrpp_dist.metrics import psnr
 
-from .helpers import make_config, read_scalars, sigterm_after_step, train
+from ..helpers import make_config, read_scalars, sigterm_after_step, train
 
 REALISTIC = ("degradation.kind=realistic",)
 
@@ -281,7 +281,7 @@ def test_the_degradation_bench_measures_both_kinds_side_by_side(train_shards, tm
 
     from vsrpp_dist.tools import bench
 
-    from .helpers import TINY
+    from ..helpers import TINY
 
     out = tmp_path / "figures.json"
     assert bench.main(["degradation", "--config", str(TINY), "--shards", str(train_shards), "--clips", "4",
@@ -295,7 +295,7 @@ def test_the_degradation_bench_measures_both_kinds_side_by_side(train_shards, tm
 
 
 def test_configs_realistic_writes_out_the_default_ranges():
-    from .helpers import ROOT
+    from ..helpers import ROOT
 
     cfg = load_config(ROOT / "configs" / "realistic.yaml")
     assert cfg.degradation == load_config(None, [*REALISTIC]).degradation
@@ -304,7 +304,6 @@ def test_configs_realistic_writes_out_the_default_ranges():
 
 
 def test_evaluate_scores_the_same_degraded_set_a_realistic_run_validates_on(val_shards, tmp_path, capsys):
-    import contextlib
     import json
 
     from vsrpp_dist.config import ValidationConfig
@@ -313,7 +312,7 @@ def test_evaluate_scores_the_same_degraded_set_a_realistic_run_validates_on(val_
     from vsrpp_dist.inference.common import load_model
     from vsrpp_dist.training.validation import Validator
 
-    from .test_upscale import save_weights
+    from ..helpers import OneProcess, Quiet, save_weights
 
     weights = save_weights(tmp_path / "weights.pt", seed=2)
     out = tmp_path / "realistic.json"
@@ -324,18 +323,6 @@ def test_evaluate_scores_the_same_degraded_set_a_realistic_run_validates_on(val_
                          "--quiet"]) == 0
     bicubic_rows = {r["sequence"]: r for r in json.loads((tmp_path / "bi.json").read_text())["rows"]}
     assert realistic_rows["overall"]["y_psnr_bicubic"] < bicubic_rows["overall"]["y_psnr_bicubic"] - 1
-
-    class OneProcess:  # what Validator asks of an Accelerator, on one CPU process
-        process_index, num_processes, is_main_process, device = 0, 1, True, torch.device("cpu")
-        gather = staticmethod(lambda t: t)
-        autocast = staticmethod(contextlib.nullcontext)
-
-    class Quiet:
-        def info(self, *args):
-            pass
-
-        def image(self, *args):
-            pass
 
     validator = Validator(ValidationSet(val_shards), ValidationConfig(images=0), OneProcess(), Quiet(),
                           degradation=realistic(), seed=4)

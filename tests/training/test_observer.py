@@ -1,5 +1,5 @@
 """The Observer keeps a run going when its own files cannot be written (a full disk): one error line per
-file, the records are dropped, and writing resumes when space comes back (tests/test_faults.py fills a
+file, the records are dropped, and writing resumes when space comes back (tests/e2e/test_faults.py fills a
 real tmpfs; here the failures are injected so that recovery can be seen too)."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import torch
 from vsrpp_dist.inference import export
 from vsrpp_dist.inference.common import load_model
 
-from .test_upscale import run, save_weights
+from ..helpers import run, save_weights
 
 pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")

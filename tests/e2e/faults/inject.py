@@ -1,7 +1,7 @@
 """Run the real training command (`vsrpp_dist.train.cli`) with faults injected into a real process.
 
-tests/test_faults.py runs this file in place of `vsrpp_dist/train.py` (`accelerate launch
-tests/faults/inject.py --config ... key=value ...` or `python tests/faults/inject.py ...`); the
+tests/e2e/test_faults.py runs this file in place of `vsrpp_dist/train.py` (`accelerate launch
+tests/e2e/faults/inject.py --config ... key=value ...` or `python tests/e2e/faults/inject.py ...`); the
 arguments are train.py's. Faults are chosen by environment variables, so every rank of a launch reads
 the same plan and applies the part meant for it:
 

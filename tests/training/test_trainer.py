@@ -22,7 +22,7 @@ from vsrpp_dist.training.recovery import lost_a_rank, peer_gone_reason
 from vsrpp_dist.training.run_dir import StartError, StartRequest, decide_start
 from vsrpp_dist.training.trainer import Trainer
 
-from .helpers import make_config, read_scalars, train
+from ..helpers import make_config, read_scalars, train
 
 DESIGN_TAGS = [
     "Loss/L1", "Loss/MS", "Loss/Grad", "Loss/Total", "Training/LearningRate",

@@ -1,11 +1,11 @@
 """Fault injection with real processes and real signals (issue 8); RELIABILITY.md tabulates the results.
 
 Every run here is a real command in its own session, as a terminal job is: `accelerate launch` with two
-CPU ranks over gloo where ranks matter, `python tests/faults/inject.py` (train.py with faults switched
+CPU ranks over gloo where ranks matter, `python tests/e2e/faults/inject.py` (train.py with faults switched
 on by environment variables) where one process shows the point. Signals are real (kill -9 of one rank,
 Ctrl-C to the whole process group, a second Ctrl-C); disk-full is an ENOSPC injected on one rank of two
 and, where a tmpfs can be mounted (root), a real full filesystem; NaN losses are injected into one rank's
-real loss. The wrapper that injects faults is tests/faults/inject.py.
+real loss. The wrapper that injects faults is tests/e2e/faults/inject.py.
 
 What is not repeated here (see RELIABILITY.md): SIGTERM to the launcher and an exact resume
 (test_e2e_launcher.py), corrupt/incompatible checkpoints and write errors in one process
@@ -35,7 +35,7 @@ from vsrpp_dist.data import shard_format as fmt
 from vsrpp_dist.data.stream import EpochPlan
 from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, load_exported_weights, read_info
 
-from .helpers import ROOT, TINY, free_port, launch_command, launcher_env
+from ..helpers import ROOT, TINY, free_port, launch_command, launcher_env
 
 pytestmark = pytest.mark.slow
 
@@ -751,7 +751,7 @@ def cli_command(case: CliCase, run_dir: Path, train_shards: Path, val_shards: Pa
 
 @pytest.fixture(scope="module")
 def cli_results(cli_cases, train_shards, val_shards, tmp_path_factory):
-    """Every case runs train.py as __main__ in a process of its own (tests/faults/cli_forks.py forks them
+    """Every case runs train.py as __main__ in a process of its own (tests/e2e/faults/cli_forks.py forks them
     after importing once: a fresh interpreter costs ~3 s of imports per case); the first case also runs
     as a plain `python vsrpp_dist/train.py` subprocess, and both must agree."""
     base = tmp_path_factory.mktemp("cli-runs")

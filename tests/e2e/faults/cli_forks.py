@@ -1,14 +1,14 @@
 """Run `vsrpp_dist/train.py` once per case, each as `__main__` in a child process of its own, after paying
 the imports once.
 
-    python tests/faults/cli_forks.py CASES.json RESULTS.json
+    python tests/e2e/faults/cli_forks.py CASES.json RESULTS.json
 
 CASES.json: {"train_py": PATH, "cases": {NAME: {"argv": [...], "stdout": PATH, "stderr": PATH}}}.
 Each case is forked from this process (which has imported what train.py imports) and runs train.py
 exactly as `python vsrpp_dist/train.py ARGV...` does, through runpy with `__name__ == "__main__"`: same
 file, same argv, its own stdout and stderr files, its exit status. What a fresh interpreter adds is the
 imports (about 3 s of CPU each on the CI machine; ten cases at once took 44 s); anything the imports print
-goes to this process's own stderr, which the caller checks is empty. tests/test_faults.py also runs one
+goes to this process's own stderr, which the caller checks is empty. tests/e2e/test_faults.py also runs one
 case as a plain subprocess and compares.
 
 RESULTS.json: {NAME: {"code": int, "seconds": float}}.

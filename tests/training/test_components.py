@@ -18,7 +18,7 @@ from vsrpp_dist.signals import StopSignals
 from vsrpp_dist.training.ema import WeightEMA
 from vsrpp_dist.training.telemetry import TELEMETRY_KEYS, GpuTelemetry
 
-from .helpers import TINY
+from ..helpers import TINY
 
 # -- the weight EMA ----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .helpers import LAUNCH_STEPS, ROOT, TINY, final_weights, free_port, launch_command, launcher_env, read_scalars
+from ..helpers import LAUNCH_STEPS, ROOT, TINY, final_weights, free_port, launch_command, launcher_env, read_scalars
 
 pytestmark = pytest.mark.slow
 

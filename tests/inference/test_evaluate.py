@@ -4,7 +4,6 @@ and one-line errors for bad input."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -23,8 +22,7 @@ from vsrpp_dist.inference import evaluate, upscale
 from vsrpp_dist.metrics import psnr
 from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
 
-from .helpers import ROOT
-from .test_upscale import read_pngs, run, save_weights
+from ..helpers import ROOT, OneProcess, Quiet, read_pngs, run, save_weights
 
 GT_HW = (72, 90)  # LR 24x30
 FRAMES = 6
@@ -138,18 +136,6 @@ def test_packed_set_matches_frame_folders_and_training_validation(weights, gt_ro
                                  "--batch", 3, name="p.json")
     for a, b in zip(folders["rows"], packed["rows"]):
         assert a == pytest.approx(b, abs=1e-9)
-
-    class OneProcess:  # what Validator asks of an Accelerator, on one CPU process
-        process_index, num_processes, is_main_process, device = 0, 1, True, torch.device("cpu")
-        gather = staticmethod(lambda t: t)
-        autocast = staticmethod(contextlib.nullcontext)
-
-    class Quiet:
-        def info(self, *args):
-            pass
-
-        def image(self, *args):
-            pass
 
     validator = Validator(ValidationSet(tmp_path / "val"), ValidationConfig(images=0), OneProcess(), Quiet())
     scores = validator.run(load_model(weights, torch.device("cpu")).model, step=0)

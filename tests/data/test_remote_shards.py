@@ -24,7 +24,7 @@ from vsrpp_dist.tools.loopback import QuietFileHandler, S3Server, http_folder, s
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trainer import Trainer
 
-from .helpers import TINY, make_config, read_scalars, sigterm_after_step, train
+from ..helpers import TINY, make_config, read_scalars, sigterm_after_step, train
 
 # One worker: the remote reads then run in a forked DataLoader worker, as in real training.
 RUN = ("train.total_steps=4", "validation.every=4", "train.log_every=1", "data.num_workers=1",
@@ -380,7 +380,7 @@ def test_evaluate_reads_a_packed_validation_set_from_http(http, val_shards, tmp_
     from vsrpp_dist.inference import evaluate
     from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
 
-    from .test_upscale import run, save_weights
+    from ..helpers import run, save_weights
 
     weights = save_weights(tmp_path / WEIGHTS_NAME, seed=1)
     reports = {}

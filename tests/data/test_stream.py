@@ -22,7 +22,7 @@ from vsrpp_dist.data.stream import (
 )
 from vsrpp_dist.errors import ShardFormatError
 
-from .helpers import TINY
+from ..helpers import TINY
 
 
 def data_cfg(*overrides):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import signal
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,9 +37,15 @@ from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trainer import Trainer
 from vsrpp_dist.training.wrapping import set_activation_checkpointing
 
-from .helpers import ROOT, make_config, read_scalars, sigterm_after_step, train
+from ..helpers import (
+    FIXTURES,
+    ROOT,
+    make_config,
+    read_scalars,
+    sigterm_after_step,
+    train,
+)
 
-FIXTURES = Path(__file__).parent / "fixtures"
 # a small flow_deform model the tests can train in seconds
 SMALL_ALIGNED = ("model.alignment=flow_deform", "model.flow_channels=4", "model.flow_levels=2", "model.max_flow=4",
                  "model.deform_groups=2", "model.max_residue=2")

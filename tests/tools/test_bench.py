@@ -11,7 +11,7 @@ import pytest
 
 from vsrpp_dist.tools import bench
 
-from .helpers import TINY as TINY_CONFIG
+from ..helpers import TINY as TINY_CONFIG
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 

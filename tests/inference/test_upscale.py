@@ -26,34 +26,13 @@ from vsrpp_dist.inference.common import (
     to_uint8,
 )
 from vsrpp_dist.model.architecture import build_model
-from vsrpp_dist.training.checkpoint import WEIGHTS_FORMAT, WEIGHTS_NAME, point_symlink
+from vsrpp_dist.training.checkpoint import WEIGHTS_NAME, point_symlink
 from vsrpp_dist.training.validation import window_indices
 
-from .helpers import ROOT
+from ..helpers import ROOT, TINY_MODEL, read_pngs, run, save_weights
 
-TINY = dict(channels=8, extract_blocks=1, propagation_blocks=1, reconstruction_blocks=1, upsample_channels=8)
 LR_HW = (24, 30)
 FRAMES = 7
-
-
-def save_weights(path: Path, seed: int = 0, model_config: dict | None = None, **overrides) -> Path:
-    """An exported weights file as Trainer.export_weights writes it, of a tiny randomly initialised model."""
-    cfg = ModelConfig(**{**TINY, **overrides})
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    payload = {"format": WEIGHTS_FORMAT, "version": 1, "model_config": model_config or config_to_dict(cfg),
-               "state_dict": {k: v.detach().float().contiguous() for k, v in model.state_dict().items()},
-               "ema": False, "step": 7}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, path)
-    return path
-
-
-def run(capsys, module, *argv) -> tuple[int, str, str]:
-    """A command in-process through run_cli, as `python -m` runs it."""
-    rc = module.cli([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return rc, captured.out, captured.err
 
 
 def write_video(path: Path, frames: list[np.ndarray], rate=Fraction(30000, 1001)) -> Path:
@@ -76,10 +55,6 @@ def read_video(path: Path) -> tuple[list[np.ndarray], Fraction]:
         stream = container.streams.video[0]
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
         return frames, Fraction(stream.average_rate)
-
-
-def read_pngs(folder: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +97,7 @@ def test_receptive_radius_formula_for_the_shipped_sizes():
     assert receptive_radius(ModelConfig()) == 66  # default: 5/10/5 blocks
     assert receptive_radius(ModelConfig(channels=32, extract_blocks=2, propagation_blocks=3,
                                         reconstruction_blocks=2, upsample_channels=32)) == 26  # demo
-    assert receptive_radius(ModelConfig(**TINY)) == 14
+    assert receptive_radius(ModelConfig(**TINY_MODEL)) == 14
 
 
 @pytest.mark.parametrize("blocks", [(1, 1, 1), (0, 2, 2)])
@@ -434,9 +409,9 @@ def test_checkpoint_folder_and_symlink_work(weights, clip, tmp_path, capsys):
 
 
 def _bad_cases(tmp: Path, weights: Path, clip: Path) -> dict[str, tuple[list, str]]:
-    wrong_fit = dict(config_to_dict(ModelConfig(**TINY)), channels=16)
+    wrong_fit = dict(config_to_dict(ModelConfig(**TINY_MODEL)), channels=16)
     save_weights(tmp / "wrong_fit.pt", model_config=wrong_fit)
-    save_weights(tmp / "x4.pt", model_config=dict(config_to_dict(ModelConfig(**TINY)), scale=4))
+    save_weights(tmp / "x4.pt", model_config=dict(config_to_dict(ModelConfig(**TINY_MODEL)), scale=4))
     (tmp / "empty").mkdir()
     (tmp / "empty" / "notes.txt").write_text("no frames here")
     mixed = tmp / "mixed"
@@ -450,9 +425,9 @@ def _bad_cases(tmp: Path, weights: Path, clip: Path) -> dict[str, tuple[list, st
             Image.new("RGB", (30, 24)).save(two / name / f"{i}.png")
     (tmp / "taken.mp4").write_bytes(b"the user's video")
     (tmp / "not_a_video.mp4").write_bytes(b"text, not H.264")
-    save_weights(tmp / "edvr.pt", model_config=dict(config_to_dict(ModelConfig(**TINY)), name="EDVR"))
+    save_weights(tmp / "edvr.pt", model_config=dict(config_to_dict(ModelConfig(**TINY_MODEL)), name="EDVR"))
     # flow weights under a config that says implicit
-    save_weights(tmp / "flow_as_implicit.pt", alignment="flow", model_config=config_to_dict(ModelConfig(**TINY)))
+    save_weights(tmp / "flow_as_implicit.pt", alignment="flow", model_config=config_to_dict(ModelConfig(**TINY_MODEL)))
     base = ["--checkpoint", weights, "--input", clip, "--output", tmp / "out", "--quiet"]
 
     def replace(flag, value):
@@ -615,7 +590,7 @@ def test_bench_upscale_counts_the_extractor_once_per_frame(tmp_path, capsys):
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["bit_identical"] is True
-    c = ModelConfig(**TINY)
+    c = ModelConfig(**TINY_MODEL)
     extractor = 2 * 9 * (3 * c.channels + 2 * c.extract_blocks * c.channels**2) * 96 * 80
     saved = (result["scratch"]["gflops_per_frame"] - result["cached"]["gflops_per_frame"]) * 1e9
     assert saved == pytest.approx(4 * extractor, rel=1e-6)
