@@ -46,7 +46,7 @@ def onnx_vs_torch(weights: Path, onnx_file: Path, shape: tuple[int, ...]) -> flo
     model = load_model(weights, torch.device("cpu")).model
     lr = torch.rand(*shape)
     session = onnxruntime.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"lr_btchw": lr.numpy()})
+    (got,) = session.run(None, {"lq_btchw": lr.numpy()})
     with torch.no_grad():
         expected = model(lr).clamp(0, 1).numpy()
     assert got.shape == expected.shape

@@ -387,14 +387,14 @@ class ClipUpscaler:
             torch.backends.cudnn.benchmark = True  # one tile shape (or one frame size) per run
 
     @torch.inference_mode()
-    def __call__(self, lr_btchw: torch.Tensor, frame_ids: list[list] | None = None) -> torch.Tensor:
+    def __call__(self, lq_btchw: torch.Tensor, frame_ids: list[list] | None = None) -> torch.Tensor:
         """(B, 5, 3, h, w) uint8 or [0, 1] floats -> (B, 3, 3h, 3w) float32 in [0, 1] on the device.
         `frame_ids[b][t]` names the frame at position t of window b (equal ids: equal frames); without
         them every window is computed from scratch."""
-        lr_btchw = lr_btchw.to(self.device, non_blocking=True)
-        if not lr_btchw.is_floating_point():
-            lr_btchw = lr_btchw.float().div_(255)
-        b, _, c, h, w = lr_btchw.shape
+        lq_btchw = lq_btchw.to(self.device, non_blocking=True)
+        if not lq_btchw.is_floating_point():
+            lq_btchw = lq_btchw.float().div_(255)
+        b, _, c, h, w = lq_btchw.shape
         s = self.scale
         rows = tile_spans(h, self.tile, self.radius, self.tile_multiple)
         cols = tile_spans(w, self.tile, self.radius, self.tile_multiple)
@@ -403,11 +403,11 @@ class ClipUpscaler:
         if frame_ids is None:
             self.cache.clear()
         if len(rows) == 1 and len(cols) == 1:
-            return self._forward(lr_btchw, frame_ids, region=0)
+            return self._forward(lq_btchw, frame_ids, region=0)
         sr_bchw = torch.empty(b, c, s * h, s * w, device=self.device)
         for row_index, row in enumerate(rows):
             for col_index, col in enumerate(cols):
-                tile_sr = self._forward(lr_btchw[..., row.in_start:row.in_end, col.in_start:col.in_end], frame_ids,
+                tile_sr = self._forward(lq_btchw[..., row.in_start:row.in_end, col.in_start:col.in_end], frame_ids,
                                         region=(row_index, col_index))
                 y0, y1 = s * (row.core_start - row.in_start), s * (row.core_end - row.in_start)
                 x0, x1 = s * (col.core_start - col.in_start), s * (col.core_end - col.in_start)
@@ -432,27 +432,27 @@ class ClipUpscaler:
             self._said_cache_too_small = True
         return False
 
-    def _forward(self, lr_btchw: torch.Tensor, frame_ids: list[list] | None, region) -> torch.Tensor:
+    def _forward(self, lq_btchw: torch.Tensor, frame_ids: list[list] | None, region) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             if frame_ids is None:
-                sr = self.forward_whole(lr_btchw)
+                sr = self.forward_whole(lq_btchw)
             else:
-                feats, flows = self._per_frame_results(lr_btchw, frame_ids, region)
-                sr = self.restore(lr_btchw, feats, flows)
+                feats, flows = self._per_frame_results(lq_btchw, frame_ids, region)
+                sr = self.restore(lq_btchw, feats, flows)
         # mixed precision can overflow to inf/NaN in a bad spot; never let that reach an 8-bit frame
         return torch.nan_to_num(sr.float(), nan=0.0).clamp_(0, 1)
 
-    def _per_frame_results(self, lr_btchw: torch.Tensor, frame_ids: list[list], region):
+    def _per_frame_results(self, lq_btchw: torch.Tensor, frame_ids: list[list], region):
         """The features of each window position and the flows between positions, as `restore` takes
         them, from the cache where the frame (pair) was seen, computed in one batch where not."""
         cache = self.cache
-        t = lr_btchw.shape[1]
+        t = lq_btchw.shape[1]
         pairs = neighbour_pairs(t) if self.model_cfg.alignment != "implicit" else []
         frame_at = {}  # frame id -> its (3, h, w) tile
         for bi, window in enumerate(frame_ids):
             for ti, frame_id in enumerate(window):
-                frame_at.setdefault(frame_id, lr_btchw[bi, ti])
+                frame_at.setdefault(frame_id, lq_btchw[bi, ti])
         pair_ids = {(window[a], window[p]) for window in frame_ids for a, p in pairs}
         cache.keep_only(region, set(frame_at), pair_ids)
 

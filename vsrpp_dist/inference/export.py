@@ -2,7 +2,7 @@
 
     python -m vsrpp_dist.export --checkpoint C --onnx model.onnx [--opset 18] [--frames DIR] [--overwrite]
 
-The graph takes `lr_btchw`, a batch of 5-frame LR windows (B, 5, 3, h, w) float32 in [0, 1], and gives
+The graph takes `lq_btchw`, a batch of 5-frame LR windows (B, 5, 3, h, w) float32 in [0, 1], and gives
 `sr_bchw` (B, 3, 3h, 3w), clamped to [0, 1] as `upscale` clamps; batch, height and width are dynamic.
 Windows at the ends of a sequence are mirrored by the caller (frame 0 sees 2, 1, 0, 1, 2), as
 `upscale` does. Every alignment exports: `grid_sample` is an ONNX operator from opset 16, and the
@@ -46,8 +46,8 @@ class ClampedUpscaler(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, lr_btchw: torch.Tensor) -> torch.Tensor:
-        return self.model(lr_btchw).clamp(0, 1)
+    def forward(self, lq_btchw: torch.Tensor) -> torch.Tensor:
+        return self.model(lq_btchw).clamp(0, 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,10 +97,10 @@ def export_onnx(module: nn.Module, example_btchw: torch.Tensor, path: Path, opse
     with warnings.catch_warnings():
         # the deformable aligners keep their offset sizes for the training logs; not part of the graph
         warnings.filterwarnings("ignore", message="The tensor attributes .*offset_abs_means")
-        torch.onnx.export(module, (example_btchw,), str(path), dynamo=True, input_names=["lr_btchw"],
+        torch.onnx.export(module, (example_btchw,), str(path), dynamo=True, input_names=["lq_btchw"],
                           output_names=["sr_bchw"], opset_version=opset, optimize=False, verbose=False,
                           external_data=False,  # one self-contained file (weights inside), renamed as a whole
-                          dynamic_shapes={"lr_btchw": {0: dynamic, 3: dynamic, 4: dynamic}})
+                          dynamic_shapes={"lq_btchw": {0: dynamic, 3: dynamic, 4: dynamic}})
 
 
 def real_window(folder: str, hw: tuple[int, int]) -> torch.Tensor:
@@ -127,10 +127,10 @@ def verify(module: nn.Module, path: Path, cases: list[tuple[str, torch.Tensor]])
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     results = []
-    for name, lr_btchw in cases:
+    for name, lq_btchw in cases:
         with torch.no_grad():
-            expected = module(lr_btchw).numpy()
-        (got,) = session.run(None, {"lr_btchw": lr_btchw.numpy()})
+            expected = module(lq_btchw).numpy()
+        (got,) = session.run(None, {"lq_btchw": lq_btchw.numpy()})
         if got.shape != expected.shape:
             raise InferenceError(f"{path}: ONNX output is {got.shape} for {name}, PyTorch's {expected.shape}")
         results.append((name, float(np.abs(got - expected).max())))
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"exported {alignment} model to {out} (opset {args.opset}; input lr_btchw (B, 5, 3, h, w) in [0, 1], "
+    print(f"exported {alignment} model to {out} (opset {args.opset}; input lq_btchw (B, 5, 3, h, w) in [0, 1], "
           f"output sr_bchw (B, 3, 3h, 3w); max |onnxruntime - PyTorch| {worst:.3g})")
     return 0
 

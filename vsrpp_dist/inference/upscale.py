@@ -324,10 +324,10 @@ def main(argv=None) -> int:
     try:
         with tqdm(total=total, unit="frame", desc=Path(seq.path).name, disable=args.quiet, file=sys.stderr) as bar:
             for batch in sliding_windows(enumerate(read_frames_chw(seq, args.limit)), args.batch):
-                lr_btchw = torch.stack([torch.stack([frame for _, frame in window]) for _, window in batch])
+                lq_btchw = torch.stack([torch.stack([frame for _, frame in window]) for _, window in batch])
                 frame_ids = [[index for index, _ in window] for _, window in batch]
-                lr_hw = tuple(lr_btchw.shape[-2:])
-                sr_bhwc = to_uint8(upscaler(lr_btchw, frame_ids)).permute(0, 2, 3, 1).numpy()
+                lr_hw = tuple(lq_btchw.shape[-2:])
+                sr_bhwc = to_uint8(upscaler(lq_btchw, frame_ids)).permute(0, 2, 3, 1).numpy()
                 for (index, _), frame_hwc in zip(batch, sr_bhwc):
                     sink.submit(index, np.ascontiguousarray(frame_hwc))
                 written += len(batch)

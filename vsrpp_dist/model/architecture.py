@@ -119,24 +119,24 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
         if alignment != "implicit":
             self.flow_net = FlowNet(flow_channels, flow_levels, max_flow)
 
-    def forward(self, lr_btchw: torch.Tensor, with_alignment: bool = False):
+    def forward(self, lq_btchw: torch.Tensor, with_alignment: bool = False):
         """(B, T, 3, h, w) -> (B, 3, 3h, 3w). With `with_alignment`, also a dict of what training needs
         from the alignment: `photometric` (a loss, with gradient), `flow_magnitude` and `offset_mean`
         (mean LR pixels, detached; zero where the variant has none)."""
-        b, t, c, h, w = lr_btchw.shape
+        b, t, c, h, w = lq_btchw.shape
         if t != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames per clip, got {t}")
-        feats_btchw = self.feature_extractor(lr_btchw.reshape(b * t, c, h, w)).view(b, t, -1, h, w)
-        flows = self._flows(lr_btchw) if self.alignment != "implicit" else None
-        return self.restore(lr_btchw, feats_btchw.unbind(1), flows, with_alignment)
+        feats_btchw = self.feature_extractor(lq_btchw.reshape(b * t, c, h, w)).view(b, t, -1, h, w)
+        flows = self._flows(lq_btchw) if self.alignment != "implicit" else None
+        return self.restore(lq_btchw, feats_btchw.unbind(1), flows, with_alignment)
 
-    def restore(self, lr_btchw: torch.Tensor, feats: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    def restore(self, lq_btchw: torch.Tensor, feats: list[torch.Tensor] | tuple[torch.Tensor, ...],
                 flows: dict[tuple[int, int], torch.Tensor] | None, with_alignment: bool = False):
         """The rest of `forward` from what does not depend on which frame is the centre: `feats[i]`, the
         (B, C, h, w) features of frame i (`feature_extractor`), and `flows[(a, b)]`, the flow a -> b for
         every pair in `neighbour_pairs` (`flow_net`; None for `implicit`). Inference computes those once
         per frame and reuses them across the overlapping windows (inference/common.py)."""
-        t = lr_btchw.shape[1]
+        t = lq_btchw.shape[1]
         centre = t // 2
         for branch in (self.backward_branch, self.forward_branch):
             if hasattr(branch, "align"):
@@ -163,17 +163,17 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
 
         fused = self.fusion(torch.cat([feats[centre], backward_state, forward_state], dim=1))
         detail = self.upsampler(self.reconstruction(fused))
-        base = F.interpolate(lr_btchw[:, centre], scale_factor=self.scale, mode="bicubic", align_corners=False)
+        base = F.interpolate(lq_btchw[:, centre], scale_factor=self.scale, mode="bicubic", align_corners=False)
         sr = base + detail
         if not with_alignment:
             return sr
-        return sr, self._alignment_report(lr_btchw, flows, to_centre)
+        return sr, self._alignment_report(lq_btchw, flows, to_centre)
 
-    def _flows(self, lr_btchw: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+    def _flows(self, lq_btchw: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
         """Every flow the walk needs, from one batched pass of the flow net."""
         pairs = neighbour_pairs(self.num_frames)
-        ref = torch.cat([lr_btchw[:, a] for a, _ in pairs])
-        supp = torch.cat([lr_btchw[:, b] for _, b in pairs])
+        ref = torch.cat([lq_btchw[:, a] for a, _ in pairs])
+        supp = torch.cat([lq_btchw[:, b] for _, b in pairs])
         return dict(zip(pairs, self.flow_net(ref, supp).chunk(len(pairs))))
 
     def _flow_from_centre(self, flows: dict, walk) -> torch.Tensor:
@@ -186,9 +186,9 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
             previous = k
         return composed
 
-    def _alignment_report(self, lr_btchw: torch.Tensor, flows: dict | None,
+    def _alignment_report(self, lq_btchw: torch.Tensor, flows: dict | None,
                           to_centre: dict | None) -> dict[str, torch.Tensor]:
-        zero = lr_btchw.new_zeros((), dtype=torch.float32)
+        zero = lq_btchw.new_zeros((), dtype=torch.float32)
         if flows is None:
             return {"photometric": zero, "flow_magnitude": zero, "offset_mean": zero}
         magnitude = torch.stack([f.detach().float().norm(dim=1).mean() for f in flows.values()]).mean()
@@ -196,7 +196,7 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
                    for m in branch.align.offset_abs_means]
         # checked: the pairwise flows, and the outermost neighbours warped onto the centre through the
         # composed flows the forward pass used
-        return {"photometric": photometric_loss(lr_btchw, {**flows, **to_centre}), "flow_magnitude": magnitude,
+        return {"photometric": photometric_loss(lq_btchw, {**flows, **to_centre}), "flow_magnitude": magnitude,
                 "offset_mean": torch.stack(offsets).mean() if offsets else zero}
 
 
