@@ -144,3 +144,17 @@ class Quiet:
 
     def image(self, *args):
         pass
+
+
+def write_coded_video(path: Path, frames: list[np.ndarray], codec: str, pix_fmt: str = "yuv420p") -> None:
+    """A 10 frame/s video of RGB frames through `codec` (PyAV), for the readers' tests."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = pix_fmt
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())

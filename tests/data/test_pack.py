@@ -36,7 +36,7 @@ from vsrpp_dist.data.shard_format import (
 from vsrpp_dist.data.sources import read_frames, scan_source
 
 # shard_format.decode_frame uses torchvision.io, which warns about its future in torchvision 0.29
-from ..helpers import ROOT
+from ..helpers import ROOT, write_coded_video
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 
@@ -68,19 +68,6 @@ def write_frames(folder: Path, frames: list[np.ndarray], pattern: str = "{:08d}.
     for i, frame in enumerate(frames):
         Image.fromarray(frame).save(folder / pattern.format(i))
     return frames
-
-
-def write_video(path: Path, frames: list[np.ndarray], codec: str, pix_fmt: str = "yuv420p") -> None:
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=10)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = pix_fmt
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
 
 
 def downscale3(frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -273,10 +260,10 @@ def test_lr_pairs_and_lr_of_the_wrong_size(tmp_path, capsys, photo):
 
 def test_video_files_mp4_mkv_avi(tmp_path, capsys, photo):
     frames = pan(photo, 9, 50, 64)
-    write_video(tmp_path / "videos" / "lossless.mkv", frames, "ffv1", "bgr0")
-    write_video(tmp_path / "videos" / "x264.mp4", frames, "libx264")
-    write_video(tmp_path / "videos" / "part4.avi", frames[:6], "mpeg4")
-    write_video(tmp_path / "single.mov", frames[:5], "mpeg4")
+    write_coded_video(tmp_path / "videos" / "lossless.mkv", frames, "ffv1", "bgr0")
+    write_coded_video(tmp_path / "videos" / "x264.mp4", frames, "libx264")
+    write_coded_video(tmp_path / "videos" / "part4.avi", frames[:6], "mpeg4")
+    write_coded_video(tmp_path / "single.mov", frames[:5], "mpeg4")
     rc, _, _ = run_pack(capsys, tmp_path / "videos", tmp_path / "single.mov", tmp_path / "out", "--min-tile", 24,
                         "--frames-per-sample", 5)
     assert rc == 0
@@ -296,7 +283,7 @@ def test_video_files_mp4_mkv_avi(tmp_path, capsys, photo):
 def test_list_file_of_folders_and_videos(tmp_path, capsys, photo):
     frames = pan(photo, 6, 30, 33)
     write_frames(tmp_path / "data" / "shot", frames)
-    write_video(tmp_path / "data" / "clip.mkv", frames, "ffv1", "bgr0")
+    write_coded_video(tmp_path / "data" / "clip.mkv", frames, "ffv1", "bgr0")
     listing = tmp_path / "data" / "all.txt"
     listing.write_text("# what to pack\nshot\n\nclip.mkv\n")
     rc, _, _ = run_pack(capsys, listing, tmp_path / "out")
@@ -394,7 +381,7 @@ def test_cutting_sequences_into_segments_never_changes_the_output(tmp_path, caps
     give byte-identical shards: short tails are taken by the segment before."""
     frames = pan(photo, n, 24, 30)
     write_frames(tmp_path / "src" / "folder", frames)
-    write_video(tmp_path / "src" / "video.mkv", frames, "ffv1", "bgr0")
+    write_coded_video(tmp_path / "src" / "video.mkv", frames, "ffv1", "bgr0")
     args = ["--frames-per-sample", 5, "--min-tile", 15, "--workers", 2] + (["--val"] if split == "val" else [])
     assert run_pack(capsys, tmp_path / "src", tmp_path / "whole", *args)[0] == 0
     monkeypatch.setattr(pack, "plan_segments", lambda *_: [(s, s + 5) for s in range(0, 40, 5)] + [(40, None)])
@@ -455,7 +442,7 @@ def test_corrupt_frame_skips_its_sequence(tmp_path, capsys, photo):
 
 
 def test_video_that_fails_to_decode_is_skipped(tmp_path, capsys, photo):
-    write_video(tmp_path / "src" / "ok.mp4", pan(photo, 6, 24, 30), "libx264")
+    write_coded_video(tmp_path / "src" / "ok.mp4", pan(photo, 6, 24, 30), "libx264")
     (tmp_path / "src" / "broken.mp4").write_bytes((tmp_path / "src" / "ok.mp4").read_bytes()[:300])
     rc, out_text, _ = run_pack(capsys, tmp_path / "src", tmp_path / "out")
     assert rc == 0
@@ -470,7 +457,7 @@ def test_short_and_mixed_size_sequences_are_skipped(tmp_path, capsys, photo):
     mixed = pan(photo, 6, 24, 30)
     mixed[3] = pan(photo, 1, 27, 30)[0]
     write_frames(tmp_path / "src" / "c_mixed", mixed)
-    write_video(tmp_path / "src" / "d_short.mkv", pan(photo, 3, 24, 30), "ffv1", "bgr0")
+    write_coded_video(tmp_path / "src" / "d_short.mkv", pan(photo, 3, 24, 30), "ffv1", "bgr0")
     rc, _, _ = run_pack(capsys, tmp_path / "src", tmp_path / "out", "--workers", 2)
     assert rc == 0
     manifest = check_manifest_and_shards(tmp_path / "out")

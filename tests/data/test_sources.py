@@ -17,6 +17,8 @@ from vsrpp_dist.data.sources import (
     scan_source,
 )
 
+from ..helpers import write_coded_video
+
 
 def _frames(n: int, h: int = 24, w: int = 30) -> list[np.ndarray]:
     rng = np.random.default_rng(n * 1000 + h * 10 + w)
@@ -28,19 +30,6 @@ def _write(folder: Path, frames: list[np.ndarray], pattern: str = "{:08d}.png") 
     for i, frame in enumerate(frames):
         Image.fromarray(frame).save(folder / pattern.format(i))
     return frames
-
-
-def _write_video(path: Path, frames: list[np.ndarray], codec: str, pix_fmt: str) -> None:
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=10)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = pix_fmt
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
 
 
 def test_natural_key_orders_numbers_as_numbers():
@@ -104,8 +93,8 @@ def test_vimeo_layout_lists_and_names(tmp_path):
 
 def test_videos_list_files_and_their_names(tmp_path):
     frames = _frames(6, 32, 48)
-    _write_video(tmp_path / "clips" / "b.mkv", frames, "ffv1", "bgr0")
-    _write_video(tmp_path / "clips" / "a.avi", frames, "mpeg4", "yuv420p")
+    write_coded_video(tmp_path / "clips" / "b.mkv", frames, "ffv1", "bgr0")
+    write_coded_video(tmp_path / "clips" / "a.avi", frames, "mpeg4", "yuv420p")
     _write(tmp_path / "folder", frames)
     listing = tmp_path / "list.txt"
     listing.write_text(f"# a comment\n\nclips\n{tmp_path / 'folder'}\nclips/b.mkv\n")

@@ -418,7 +418,7 @@ class RealisticDegradation:
         x = self._order(x, second, self.cfg.second, target, with_video=False)
 
         def resize_and_sinc(x: torch.Tensor) -> torch.Tensor:
-            x = resize(x, target, final_mode) if tuple(x.shape[-2:]) != target else x
+            x = resize(x, target, final_mode)
             return blur(x, final_kernels).clamp_(0, 1) if final_sinc else x
 
         def last_codec(x: torch.Tensor) -> torch.Tensor:

@@ -246,27 +246,28 @@ class SequenceScorer:
         """(GT cropped to a multiple of 3, LR) per frame, both uint8 CHW on the CPU."""
         if self.degradation is not None:
             # the whole sequence degraded as one video (drift and codec run across its frames): held in memory
-            gts = [gt for gt, _ in self._bicubic_frames(job)]
+            gts = [gt for gt, _ in self._cropped_pairs(job)]
             if not gts:
                 return
             lq = degrade_sequence(self.degradation, torch.stack(gts), self.seed, index, self.device)
             yield from zip(gts, lq)
             return
-        yield from self._bicubic_frames(job)
+        for gt, lr in self._cropped_pairs(job):
+            if lr is None:
+                # BI degradation, each frame once (it then sits in up to five windows)
+                lr_float = downscale(gt.to(self.device).float().div_(255), SCALE, quantize=True)
+                lr = to_uint8(lr_float)  # exact: quantize put it on the 1/255 grid
+            yield gt, lr
 
-    def _bicubic_frames(self, job: Job) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _cropped_pairs(self, job: Job) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The job's (GT cropped to a multiple of 3, real LR or None) pairs."""
         # sizes known up front were checked (and announced) by main before the model was loaded
         crop = gt_crop(job, self.crop_border, announce=False) if job.gt_hw is not None else None
         for gt, lr in job.pairs():
             if crop is None:  # a video: its size shows now
                 job.gt_hw = tuple(gt.shape[-2:])
                 crop = gt_crop(job, self.crop_border)
-            gt = gt[:, :crop[0], :crop[1]]
-            if lr is None:
-                # BI degradation, each frame once (it then sits in up to five windows)
-                lr_float = downscale(gt.to(self.device).float().div_(255), SCALE, quantize=True)
-                lr = to_uint8(lr_float)  # exact: quantize put it on the 1/255 grid
-            yield gt, lr
+            yield gt[:, :crop[0], :crop[1]], lr
 
     def run(self, job: Job, saver: BackgroundWriter | None, progress, index: int = 0) -> list[list[float]]:
         """Per frame: the 4 bicubic metrics, then the 4 model metrics (`index`: the job's place in the set)."""

@@ -15,11 +15,11 @@ import torch
 
 from .. import __version__
 from ..config import Config, dump_config
+from .checkpoint import KIND_ORDER  # Events/Checkpoints: a kind's index + 1
 from .state import IntervalMeter, StepResult, TrainState
 from .telemetry import TELEMETRY_KEYS, GpuTelemetry
 
 PHASE_NAMES = ("warm-up", "cosine", "plateau-reduced")
-CHECKPOINT_KINDS = ("rolling", "best", "regular", "final", "emergency")  # Events/Checkpoints: index + 1
 
 
 def log_start(observer, cfg: Config, accelerator, device_plan, start, run_dir: Path) -> None:
@@ -189,7 +189,7 @@ class Report:
                            f"on {int(result['sequences'])} sequences / {int(result['frames'])} frames ({seconds:.1f} s)")
 
     def checkpoint(self, path: Path) -> None:
-        self.observer.scalars(self.state.step, {"Events/Checkpoints": CHECKPOINT_KINDS.index(path.name.split("-")[0]) + 1})
+        self.observer.scalars(self.state.step, {"Events/Checkpoints": KIND_ORDER.index(path.name.split("-")[0]) + 1})
 
     def finished(self) -> None:
         state = self.state
