@@ -16,7 +16,8 @@ from PIL import Image
 
 from vsrpp_dist.config import ModelConfig, config_to_dict, load_config
 from vsrpp_dist.model.architecture import build_model
-from vsrpp_dist.training.checkpoint import WEIGHTS_FORMAT
+from vsrpp_dist.weights import WEIGHTS_FORMAT, read_weights
+from vsrpp_dist.weights import save_weights as write_weights_file
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trainer import Trainer
 
@@ -77,7 +78,7 @@ def read_scalars(run_dir: Path, tag: str) -> dict[int, float]:
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoint_latest" / "weights.pt", weights_only=True)["state_dict"]
+    return read_weights(run_dir / "checkpoint_latest").state_dict
 
 
 def launch_command(run_dir: Path, train_shards: Path, val_shards: Path, *extra: str) -> list[str]:
@@ -105,11 +106,22 @@ def free_port() -> int:
 
 
 def save_weights(path: Path, seed: int = 0, model_config: dict | None = None, **overrides) -> Path:
-    """A weights file as a checkpoint holds it (CheckpointContents.weights), of a tiny random model."""
+    """A weights file as a checkpoint writes it (model.safetensors), of a tiny random model."""
     cfg = ModelConfig(**{**TINY_MODEL, **overrides})
     torch.manual_seed(seed)
     model = build_model(cfg)
-    payload = {"format": WEIGHTS_FORMAT, "version": 1, "model_config": model_config or config_to_dict(cfg),
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_weights_file(path, model.state_dict(), model_config=model_config or config_to_dict(cfg), ema=False, step=7,
+                       provenance=[])
+    return path
+
+
+def save_legacy_weights(path: Path, seed: int = 0, **overrides) -> Path:
+    """A weights.pt as checkpoints wrote it before safetensors (a torch.save of a dict of tensors)."""
+    cfg = ModelConfig(**{**TINY_MODEL, **overrides})
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    payload = {"format": WEIGHTS_FORMAT, "version": 1, "model_config": config_to_dict(cfg),
                "state_dict": {k: v.detach().float().contiguous() for k, v in model.state_dict().items()},
                "ema": False, "step": 7}
     path.parent.mkdir(parents=True, exist_ok=True)

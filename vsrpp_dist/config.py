@@ -308,6 +308,26 @@ class AlignmentConfig:
                                     "(EDVR's sign of a diverging alignment)", min=0.0)
 
 
+# The model's parameters in the groups `init.freeze` names (model.architecture.MODULE_GROUPS).
+FREEZABLE_GROUPS = ("extract", "propagation", "reconstruction", "upsample", "alignment")
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """Starting a new run from existing weights (fine-tuning, a second training stage, another alignment)."""
+
+    from_: str = setting("", "weights to start from: a run directory (its best checkpoint, else its latest), a "
+                         "checkpoint folder or a symlink to one, or a weights file (.safetensors, legacy .pt); "
+                         "empty: random weights. Read once when the run starts; --resume never reads it again")
+    weights: str = setting("auto", "which weights of a checkpoint: ema, raw (the live model), auto (the EMA when "
+                           "the checkpoint has one)", choices=("auto", "ema", "raw"))
+    strict: bool = setting(True, "every tensor must match (same architecture); false: load the tensors whose name "
+                           "and shape match, report the rest, keep the others as initialised")
+    freeze: tuple[str, ...] = setting((), "module groups kept fixed (LR factor 0) for the first freeze_steps "
+                                      "steps", choices=FREEZABLE_GROUPS)
+    freeze_steps: int = setting(0, "steps the init.freeze groups stay fixed", min=0)
+
+
 @dataclass(frozen=True)
 class ValidationConfig:
     every: int = setting(1000, "steps between validations (0: never)", min=0)
@@ -378,6 +398,7 @@ class Config:
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig, metadata={"doc": "validation"})
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig, metadata={"doc": "checkpoint policy"})
     ema: EMAConfig = dataclasses.field(default_factory=EMAConfig, metadata={"doc": "weight EMA"})
+    init: InitConfig = dataclasses.field(default_factory=InitConfig, metadata={"doc": "start from existing weights"})
     autotune: AutotuneConfig = dataclasses.field(default_factory=AutotuneConfig, metadata={"doc": "auto-tune"})
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata={"doc": "the training loop"})
 
@@ -406,6 +427,15 @@ def _is_config_class(tp: Any) -> bool:
 def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
     """Convert a YAML or command-line value to the field's type, or raise naming the key."""
     origin = typing.get_origin(tp)
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # a list: YAML's, or "a,b" on the command line
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        items = tuple(_coerce(key, v, typing.get_args(tp)[0], meta) for v in value)
+        if len(set(items)) != len(items):
+            raise ConfigError(f"{key}: {list(items)} names an entry twice")
+        return items
     if origin is tuple:  # a range: [low, high], each end within the field's bounds, low <= high
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
@@ -464,7 +494,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {key_of(f): f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown key (known under {prefix.rstrip('.') or 'the top level'}: "
@@ -472,15 +502,15 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
     kwargs = {}
     for name, field in fields.items():
         key = prefix + name
-        tp = hints[name]
+        tp = hints[field.name]
         if _is_config_class(tp):
             given = values.get(name)
             if field.default_factory is not dataclasses.MISSING and (given is None or isinstance(given, dict)):
                 # the section's own defaults (e.g. the second degradation order's) under what was given
                 given = _merged(config_to_dict(field.default_factory()), given or {})
-            kwargs[name] = _build(tp, given, key + ".")
+            kwargs[field.name] = _build(tp, given, key + ".")
         elif name in values:
-            kwargs[name] = _coerce(key, values[name], tp, field.metadata)
+            kwargs[field.name] = _coerce(key, values[name], tp, field.metadata)
     try:
         return cls(**kwargs)
     except ConfigError as err:  # a section's own check names its key relative to the section
@@ -540,14 +570,23 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     return _build(Config, tree, "")
 
 
+def key_of(field: dataclasses.Field) -> str:
+    """The key users write for a field: its name, less the trailing underscore of a Python keyword
+    (`init.from` is the field `from_`)."""
+    return field.name[:-1] if field.name.endswith("_") else field.name
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain dicts and lists (ranges become [low, high]): what YAML, JSON and checkpoints hold."""
+    """Plain dicts and lists (ranges become [low, high]) under the users' keys: what YAML, JSON and
+    checkpoints hold."""
     def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {key_of(f): plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, dict):
             return {k: plain(v) for k, v in value.items()}
-        return list(value) if isinstance(value, tuple) else value
+        return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
 
-    return plain(dataclasses.asdict(cfg))
+    return plain(cfg)
 
 
 def dump_config(cfg: Config) -> str:
@@ -568,7 +607,7 @@ def describe(cls: type = Config, prefix: str = "", defaults: Any = None) -> list
     hints = typing.get_type_hints(cls)
     defaults = cls() if defaults is None else defaults
     for field in dataclasses.fields(cls):
-        key = prefix + field.name
+        key = prefix + key_of(field)
         value = getattr(defaults, field.name)
         if _is_config_class(hints[field.name]):
             lines += describe(hints[field.name], key + ".", value)

@@ -327,8 +327,10 @@ def test_evaluate_scores_the_same_degraded_set_a_realistic_run_validates_on(val_
     validator = Validator(ValidationSet(val_shards), ValidationConfig(images=0), OneProcess(), Quiet(),
                           degradation=realistic(), seed=4)
     scores = validator.run(load_model(weights, torch.device("cpu")).model, step=0)
-    assert realistic_rows["overall"]["y_psnr_model"] == pytest.approx(scores["KI_PSNR"], abs=1e-5)
-    assert realistic_rows["overall"]["y_psnr_bicubic"] == pytest.approx(scores["LR_PSNR"], abs=1e-5)
+    # the same frames to float rounding (batched vs per-frame convolutions differ by CPU: 1.5e-5 dB seen);
+    # a different degradation moves PSNR by whole tenths of a dB
+    assert realistic_rows["overall"]["y_psnr_model"] == pytest.approx(scores["KI_PSNR"], abs=1e-4)
+    assert realistic_rows["overall"]["y_psnr_bicubic"] == pytest.approx(scores["LR_PSNR"], abs=1e-4)
     capsys.readouterr()
     assert evaluate.cli(["--checkpoint", str(weights), "--data", str(val_shards), "--degradation", "realistic",
                          "--lr", str(tmp_path)]) == 2

@@ -378,7 +378,7 @@ def test_a_server_that_is_down_at_the_start_is_retried_then_named(tmp_path):
 
 def test_evaluate_reads_a_packed_validation_set_from_http(http, val_shards, tmp_path, capsys):
     from vsrpp_dist.inference import evaluate
-    from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
+    from vsrpp_dist.weights import WEIGHTS_FILE as WEIGHTS_NAME
 
     from ..helpers import run, save_weights
 

@@ -33,7 +33,9 @@ import torch
 
 from vsrpp_dist.data import shard_format as fmt
 from vsrpp_dist.data.stream import EpochPlan
-from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, load_exported_weights, read_info
+from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, read_info
+from vsrpp_dist.training.state_files import read_tree
+from vsrpp_dist.weights import WEIGHTS_FILE, read_weights
 
 from ..helpers import ROOT, TINY, free_port, launch_command, launcher_env
 
@@ -240,19 +242,17 @@ def no_leftover_processes(run_dir: Path, timeout: float = 15.0) -> None:
 
 
 def assert_loads(folder: Path) -> None:
-    """Every file of a checkpoint deserialises (what --resume reads), the weights with plain torch."""
-    import safetensors.torch
-
+    """Every file of a checkpoint deserialises (what --resume reads) and is data: safetensors or JSON."""
     assert read_info(folder) is not None, f"{folder.name} is not complete"
     for file in sorted(folder.iterdir()):
-        if file.suffix == ".safetensors":
-            safetensors.torch.load_file(file)
-        elif file.name == "weights.pt":
-            assert load_exported_weights(folder)["state_dict"]
-        elif file.suffix in (".bin", ".pkl"):
-            torch.load(file, map_location="cpu", weights_only=False)
+        if file.name == WEIGHTS_FILE:
+            assert read_weights(folder).state_dict
+        elif file.suffix == ".safetensors":
+            read_tree(file)
         elif file.suffix == ".json":
             json.loads(file.read_text())
+        else:
+            raise AssertionError(f"{file.name}: a checkpoint holds only safetensors and JSON files")
 
 
 def tmp_folders(run_dir: Path) -> list[str]:

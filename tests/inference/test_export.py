@@ -11,6 +11,8 @@ import torch
 
 from vsrpp_dist.inference import export
 from vsrpp_dist.inference.common import load_model
+from vsrpp_dist.weights import read_weights
+from vsrpp_dist.weights import save_weights as write_weights_file
 
 from ..helpers import run, save_weights
 
@@ -32,12 +34,13 @@ def moving_weights(path: Path, **overrides) -> Path:
     """A tiny model whose flow net and offsets are not at their zero start: the warps and the
     deformable sampling then move pixels, which is what the exported graph must reproduce."""
     save_weights(path, seed=1, **overrides)
-    payload = torch.load(path, weights_only=True)
+    weights = read_weights(path)
     generator = torch.Generator().manual_seed(0)
-    for key, tensor in payload["state_dict"].items():
+    for key, tensor in weights.state_dict.items():
         if (key.startswith("flow_net.") or ".align.conv_offset." in key) and not tensor.any():
             tensor.copy_(0.5 * torch.randn(tensor.shape, generator=generator))
-    torch.save(payload, path)
+    write_weights_file(path, weights.state_dict, model_config=weights.model_config, ema=False, step=weights.step,
+                       provenance=[])
     return path
 
 

@@ -26,7 +26,8 @@ from vsrpp_dist.inference.common import (
     to_uint8,
 )
 from vsrpp_dist.model.architecture import build_model
-from vsrpp_dist.training.checkpoint import WEIGHTS_NAME, point_symlink
+from vsrpp_dist.training.checkpoint import point_symlink
+from vsrpp_dist.weights import WEIGHTS_FILE as WEIGHTS_NAME
 from vsrpp_dist.training.validation import window_indices
 
 from ..helpers import ROOT, TINY_MODEL, read_pngs, run, save_weights

@@ -345,8 +345,13 @@ def test_training_logs_the_alignment_and_warns_when_offsets_explode(train_shards
                                       "alignment.offset_warn_px=0.0"))
     assert code == 0
     groups = trainer.optimizer.param_groups
-    assert len(groups) == 2 and trainer.lr_factors == [1.0, 0.5]
-    assert groups[1]["lr"] == pytest.approx(0.5 * groups[0]["lr"]) and groups[0]["lr"] > 0
+    slow = {id(p) for p in alignment_parameters(trainer.accelerator.unwrap_model(trainer.model))}
+    full_lr = max(group["lr"] for group in groups)
+    assert full_lr > 0
+    for group, factor in zip(groups, trainer.lr_factors.at(trainer.state.step)):
+        expected = 0.5 if id(group["params"][0]) in slow else 1.0
+        assert factor == expected and group["lr"] == pytest.approx(expected * full_lr)
+        assert all((id(p) in slow) == (expected == 0.5) for p in group["params"])
     for tag in ("Loss/Photometric", "Activity/Flow_Magnitude", "Activity/Offset_Mean", "Training/Photometric_Weight"):
         values = read_scalars(run_dir, tag)
         assert sorted(values) == [1, 2, 3, 4] and all(math.isfinite(v) for v in values.values()), tag

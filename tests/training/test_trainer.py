@@ -17,7 +17,8 @@ import torch
 from vsrpp_dist.config import load_config
 from vsrpp_dist.errors import TrainingError
 from vsrpp_dist.model.architecture import build_model
-from vsrpp_dist.training.checkpoint import CheckpointError, list_complete, load_exported_weights
+from vsrpp_dist.training.checkpoint import CheckpointError, list_complete
+from vsrpp_dist.weights import read_weights
 from vsrpp_dist.training.recovery import lost_a_rank, peer_gone_reason
 from vsrpp_dist.training.run_dir import StartError, StartRequest, decide_start
 from vsrpp_dist.training.trainer import Trainer
@@ -84,15 +85,18 @@ def test_run_directory_holds_what_the_design_promises(finished_run):
 
 def test_exported_weights_load_without_accelerate_and_are_the_ema(finished_run):
     run_dir, trainer = finished_run
-    payload = load_exported_weights(run_dir / "checkpoint_latest")
-    assert payload["ema"] is True and payload["step"] == 8
-    model = build_model(load_config(None, [f"model.{k}={v}" for k, v in payload["model_config"].items()]).model)
-    model.load_state_dict(payload["state_dict"])
+    weights = read_weights(run_dir / "checkpoint_latest")
+    assert weights.path.name == "model.safetensors" and weights.ema is True and weights.step == 8
+    model = build_model(load_config(None, [f"model.{k}={v}" for k, v in weights.model_config.items()]).model)
+    model.load_state_dict(weights.state_dict)
     live = trainer.accelerator.unwrap_model(trainer.model).state_dict()
-    assert any(not torch.equal(payload["state_dict"][k], live[k].cpu()) for k in live), "EMA differs from live"
+    assert any(not torch.equal(weights.state_dict[k], live[k].cpu()) for k in live), "EMA differs from live"
     ema = trainer.ema.module.state_dict()
-    assert all(torch.equal(payload["state_dict"][k], ema[k].cpu()) for k in ema)
-    assert load_exported_weights(run_dir / "checkpoint_latest" / "weights.pt")["step"] == 8
+    assert all(torch.equal(weights.state_dict[k], ema[k].cpu()) for k in ema)
+    # plain safetensors reads it too: the file others share models in, loadable without this package
+    from safetensors.torch import load_file
+
+    assert load_file(run_dir / "checkpoint_latest" / "model.safetensors").keys() == ema.keys()
 
 
 def test_rerun_without_flags_refuses_naming_both_flags(finished_run):
@@ -158,8 +162,8 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_older_one(train_shards, val
     train(make_config(run_dir, train_shards, val_shards, "train.total_steps=8", "validation.every=0",
                       "checkpoint.rolling_every=4", "checkpoint.regular_every=0"))
     newest = list_complete(run_dir)[0].path
-    weights = newest / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    state = newest / "training_state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])
     trainer = Trainer(make_config(run_dir, train_shards, val_shards, "train.total_steps=8", "validation.every=0"),
                       StartRequest(resume="latest"), interactive=False)
     try:
@@ -326,14 +330,14 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_training_goes_on(t
                       "checkpoint.regular_every=0", "checkpoint.rolling_keep=5", "train.total_steps=6")
 
     def patch(trainer):
-        real = trainer.accelerator.save_state
+        real = trainer.contents.write_state
 
-        def save_state(path):
-            if "00000004" in str(path):
+        def write_state(folder):
+            if "00000004" in str(folder):
                 raise OSError(28, "No space left on device")
-            return real(path)
+            return real(folder)
 
-        trainer.accelerator.save_state = save_state
+        trainer.contents.write_state = write_state
 
     trainer, code = train(cfg, patch=patch)
     assert code == 0 and trainer.state.step == 6

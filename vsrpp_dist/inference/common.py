@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,14 +33,14 @@ import torch
 from torch import nn
 
 from ..cli import int_at_least
-from ..config import ConfigError, ModelConfig, load_config, with_legacy_values
+from ..config import ConfigError, ModelConfig, config_to_dict, load_config, with_legacy_values
 from ..data.sources import Sequence, SequenceError, read_frames
-from ..errors import InferenceError
+from ..errors import CheckpointError, InferenceError
 from ..model.alignment import FLOW_KERNEL, neighbour_pairs
 from ..model.architecture import build_model
-from ..training.checkpoint import CheckpointError, load_exported_weights
 from ..training.validation import window_indices
 from ..training.wrapping import to_channels_last
+from ..weights import file_sha256, read_weights
 
 T = TypeVar("T")
 
@@ -149,6 +149,14 @@ class LoadedModel:
     source: str  # what the user named
     step: int
     ema: bool
+    file: Path | None = None  # the weights file read
+    provenance: list[dict] = field(default_factory=list)  # the models its training started from
+
+    def identity(self) -> dict:
+        """What a result computed with this model records about it (evaluate --json, export)."""
+        return {"checkpoint": self.source, "file": str(self.file) if self.file else None,
+                "sha256": file_sha256(self.file) if self.file else None, "step": self.step, "ema": self.ema,
+                "model_config": config_to_dict(self.model_cfg), "provenance": self.provenance}
 
     @property
     def radius(self) -> int:
@@ -204,13 +212,11 @@ def alignment_of_weights(state_dict: dict) -> str:
 
 def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
     """The model in eval mode on `device`, from a checkpoint folder, a symlink to one (RUN/checkpoint_best)
-    or the exported weights file."""
-    payload = load_exported_weights(checkpoint)
-    model_cfg = model_config_from_dict(payload.get("model_config"), str(checkpoint))
+    or a weights file (`model.safetensors`, or a legacy `weights.pt`), read as data only."""
+    weights = read_weights(checkpoint)
+    model_cfg = model_config_from_dict(weights.model_config, str(checkpoint))
     model = build_model(model_cfg)
-    state_dict = payload.get("state_dict")
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{checkpoint}: has no state_dict")
+    state_dict = weights.state_dict
     weights_alignment = alignment_of_weights(state_dict)
     if weights_alignment != model_cfg.alignment:
         raise CheckpointError(f"{checkpoint}: its weights are of a model with alignment {weights_alignment}, but its "
@@ -225,7 +231,8 @@ def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:
     model.eval().requires_grad_(False).to(device)
     if device.type == "cuda":
         to_channels_last(model)  # as in training: cuDNN's native layout for tensor cores
-    return LoadedModel(model, model_cfg, str(checkpoint), int(payload.get("step", -1)), bool(payload.get("ema")))
+    return LoadedModel(model, model_cfg, str(checkpoint), weights.step, weights.ema, weights.path,
+                       weights.provenance)
 
 
 def resolve_device(text: str) -> torch.device:
@@ -677,7 +684,7 @@ def gigabytes(text: str) -> float:
 def add_checkpoint_argument(parser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="C",
                         help="a checkpoint folder, a symlink to one (RUN/checkpoint_best, RUN/checkpoint_latest) "
-                             "or its exported weights.pt")
+                             "or its model.safetensors")
 
 
 def add_inference_arguments(parser) -> None:

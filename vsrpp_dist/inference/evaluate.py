@@ -422,6 +422,7 @@ def main(argv=None) -> int:
         report = {
             "checkpoint": loaded.source, "weights_step": loaded.step, "ema": loaded.ema,
             "model_config": {k: getattr(loaded.model_cfg, k) for k in loaded.model_cfg.__dataclass_fields__},
+            "model": loaded.identity(),  # the weights file's sha256 and the chain of models it started from
             "data": str(data), "lr": lr_origin, "scale": SCALE, "crop_border": args.crop_border,
             "limit_frames": args.limit or None, "tile": args.tile, "amp": args.amp, "device": str(device),
             "protocol": "8-bit outputs; Y = BT.601 (MATLAB rgb2ycbcr); SSIM 11x11 Gaussian sigma 1.5; "

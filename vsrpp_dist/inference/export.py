@@ -22,6 +22,7 @@ Needs the `export` extra: `pip install 'vsrpp-dist[export]'` (onnx, onnxscript, 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -137,6 +138,19 @@ def verify(module: nn.Module, path: Path, cases: list[tuple[str, torch.Tensor]])
     return results
 
 
+def record_source(path: Path, loaded) -> None:
+    """The ONNX file's metadata_props name the weights it was exported from (sha256, step, the chain of
+    models their training started from), so a deployed model can be traced back to its run."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    identity = loaded.identity()
+    props = {"vsrpp.source": json.dumps({k: v for k, v in identity.items() if k != "provenance"}),
+             "vsrpp.provenance": json.dumps(identity["provenance"])}
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     out = Path(args.onnx)
@@ -173,6 +187,7 @@ def main(argv=None) -> int:
             cases.append((f"real frames of {args.frames}", real_window(args.frames, (h, w))))
         else:
             print("  (random windows only; --frames DIR verifies on real frames too)", file=sys.stderr)
+        record_source(tmp, loaded)
         results = verify(module, tmp, cases)
         for name, diff in results:
             print(f"  {name}: max |onnxruntime - PyTorch| = {diff:.3g}")

@@ -211,6 +211,25 @@ def build_model(model_cfg) -> VSRBidirectional_3x:
                                   if key not in ("name", "scale")})
 
 
+# The model's parts as users name them (`init.freeze`, the init report): each top-level module belongs to
+# one group, except the deformable alignment inside the propagation cells, which is `alignment` with the
+# flow network.
+MODULE_GROUPS = {"extract": ("feature_extractor",), "propagation": ("backward_branch", "forward_branch"),
+                 "reconstruction": ("fusion", "reconstruction"), "upsample": ("upsampler",),
+                 "alignment": ("flow_net",)}
+
+
+def module_group(tensor_name: str) -> str:
+    """The group of a parameter or buffer, by its name in the state dict."""
+    if ".align." in tensor_name:
+        return "alignment"
+    top = tensor_name.split(".", 1)[0]
+    for group, modules in MODULE_GROUPS.items():
+        if top in modules:
+            return group
+    raise KeyError(f"{tensor_name}: in no module group")
+
+
 def alignment_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The flow network's and the deformable offsets' parameters: they get their own LR multiplier
     (`alignment.lr_factor`), as BasicVSR++ trains its flow slower than the rest."""

@@ -7,9 +7,10 @@ by KI_PSNR, considered only while `step % best_period` lies in [best_window_star
 last step. When several kinds fall on one step, one checkpoint is written, named after the most
 durable kind (final > regular > best > rolling), and the symlinks follow it.
 
-Mechanics: every rank writes into `checkpoints/.tmp-NAME` through Accelerate's `save_state` (each rank
-its own RNG file, rank 0 the rest), rank 0 adds the exported weights and `meta.json`, and only after a
-barrier renames the folder to `checkpoints/NAME`. A rename is atomic, so a folder without the `.tmp-`
+Mechanics: every rank writes into `checkpoints/.tmp-NAME` (each rank its own RNG file, rank 0 the
+training state, the shareable weights `model.safetensors` and `meta.json`; state_files.py: tensors and
+JSON only, so a resume runs no code from a file), and only after a barrier renames the folder to
+`checkpoints/NAME`. A rename is atomic, so a folder without the `.tmp-`
 prefix and with `meta.json` is complete; anything else is ignored. `RUN/checkpoint_latest` and
 `RUN/checkpoint_best` are relative symlinks (replaced atomically), so a moved run directory stays
 valid. They live outside `checkpoints/`, which holds checkpoint folders only.
@@ -32,11 +33,13 @@ import torch
 from .. import __version__
 from ..config import config_to_dict
 from ..errors import CheckpointError, CheckpointWriteError
+from ..weights import WEIGHTS_FILE, save_weights
+from . import model_card
 from .run_dir import CHECKPOINTS
+from .state_files import load_rng_state, load_training_state, save_rng_state, save_training_state
 
 META_NAME = "meta.json"
-WEIGHTS_NAME = "weights.pt"
-WEIGHTS_FORMAT = "vsrpp-weights"
+MODEL_CARD = "MODEL_CARD.md"
 LATEST_LINK = "checkpoint_latest"
 BEST_LINK = "checkpoint_best"
 TMP_PREFIX = ".tmp-"
@@ -45,34 +48,82 @@ NAME_RE = re.compile(r"^(rolling|best|regular|final|emergency)-(\d{8,})(?:-(\d+)
 
 
 class CheckpointContents:
-    """What rank 0 adds to Accelerate's state in every checkpoint, read from the components that own it:
-    the exported weights (the EMA's when it is on: what validation scores and users upscale with) and
+    """What a checkpoint holds, read from the components that own it: the live model, the optimizer
+    and every named stateful component (the training state), the exported weights (the EMA's when it is
+    on: what validation scores and users upscale with) with where the run started (`provenance`), and
     the description of the run that wrote it (its config and shape, read back on resume)."""
 
-    def __init__(self, cfg, accelerator, model, ema, batches, state) -> None:
+    def __init__(self, cfg, accelerator, model, optimizer, ema, batches, state, provenance: list[dict], *,
+                 data_summaries: tuple[dict | None, dict | None] = (None, None)) -> None:
         self.cfg = cfg
         self.accelerator = accelerator
         self.model = model
+        self.optimizer = optimizer
         self.ema = ema
         self.batches = batches
         self.state = state
+        self.provenance = provenance
+        self.data_summaries = data_summaries  # training and validation sets, for the model card
+        self.components: dict = {}  # name -> object with state_dict()/load_state_dict(), see register()
+
+    def register(self, **components) -> None:
+        self.components.update(components)
+
+    # The provenance is checkpointed like any component: a resumed run keeps where it started.
+    def state_dict(self) -> dict:
+        return {"provenance": self.provenance}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.provenance = state["provenance"]
+
+    def live_model(self) -> torch.nn.Module:
+        model = self.accelerator.unwrap_model(self.model)
+        return getattr(model, "_orig_mod", model)  # torch.compile wrapper
 
     def eval_model(self) -> torch.nn.Module:
         """The weights validation and export use: the EMA when enabled, else the live model."""
-        return self.ema.module if self.ema.enabled else self.accelerator.unwrap_model(self.model)
+        return self.ema.module if self.ema.enabled else self.live_model()
 
-    def weights(self) -> dict:
+    def write_weights(self, folder: Path) -> None:
         model = self.eval_model()
-        model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-        return {"format": WEIGHTS_FORMAT, "version": 1, "model_config": config_to_dict(self.cfg)["model"],
-                "state_dict": {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()},
-                "ema": self.ema.enabled, "step": self.state.step}
+        model = getattr(model, "_orig_mod", model)
+        save_weights(folder / WEIGHTS_FILE, model.state_dict(), model_config=config_to_dict(self.cfg)["model"],
+                     ema=self.ema.enabled, step=self.state.step, provenance=self.provenance)
+
+    def write_model_card(self, folder: Path, run_dir: Path) -> None:
+        model = self.eval_model()
+        text = model_card.render(self.cfg, step=self.state.step, parameters=sum(p.numel() for p in model.parameters()),
+                                 ema=self.ema.enabled, provenance=self.provenance, train_data=self.data_summaries[0],
+                                 val_data=self.data_summaries[1], validation=self.state.last_validation,
+                                 run_dir=run_dir.name)
+        (folder / MODEL_CARD).write_text(text)
+
+    def write_state(self, folder: Path) -> None:
+        """This rank's part: its generators; rank 0 also the model, optimizer and components."""
+        acc = self.accelerator
+        save_rng_state(folder, acc.process_index)
+        if acc.is_main_process:
+            save_training_state(folder, model=self.live_model(), optimizer=self.optimizer, scaler=acc.scaler,
+                                components=self.components, micro_step=acc.step)
+
+    def read_state(self, folder: Path, meta: dict) -> None:
+        """Every rank restores the model, optimizer and components (from rank 0's file) and its own
+        generators. A crash checkpoint (rank 0 alone) or a changed rank count leaves ranks without a
+        generator file of their own: they keep fresh seeds (RELIABILITY.md); anywhere else a missing or
+        damaged generator file refuses the checkpoint, which could not be continued exactly."""
+        acc = self.accelerator
+        acc.step = load_training_state(folder, model=self.live_model(), optimizer=self.optimizer, scaler=acc.scaler,
+                                       components=self.components)
+        rng_file = folder / f"rng_state_{acc.process_index}.safetensors"
+        same_ranks = meta.get("world_size") == acc.num_processes and meta.get("collective", True)
+        if rng_file.exists() or same_ranks:
+            load_rng_state(folder, acc.process_index)
 
     def description(self) -> dict:
         return {"config": config_to_dict(self.cfg), "world_size": self.accelerator.num_processes,
                 "num_workers": self.cfg.data.num_workers, "batch_size_per_gpu": self.batches.batch_size_per_gpu,
                 "grad_accum_steps": self.batches.grad_accum_steps, "batches_consumed": self.state.batches_consumed,
-                "torch": torch.__version__, "vsrpp_dist": __version__}
+                "provenance": self.provenance, "torch": torch.__version__, "vsrpp_dist": __version__}
 
 
 @dataclass(frozen=True)
@@ -245,9 +296,12 @@ class CheckpointManager:
     def _write(self, tmp: Path, name: str, step: int, kinds: list[str], collective: bool) -> Exception | None:
         """This rank's part of a checkpoint; the error instead of raising it, so all ranks can agree."""
         try:
-            self.accelerator.save_state(str(tmp))
+            tmp.mkdir(parents=True, exist_ok=True)
+            self.contents.write_state(tmp)
             if self.accelerator.is_main_process:
-                torch.save(self.contents.weights(), tmp / WEIGHTS_NAME)
+                self.contents.write_weights(tmp)
+                if {"best", "final"} & set(kinds):
+                    self.contents.write_model_card(tmp, self.run_dir)
                 meta = {"format": "vsrpp-checkpoint", "version": 1, "name": name, "kinds": kinds, "step": step,
                         "saved_at": time.time(), "collective": collective, **self.contents.description()}
                 (tmp / META_NAME).write_text(json.dumps(meta, indent=1, default=str))
@@ -282,15 +336,20 @@ class CheckpointManager:
 
     def load(self, request: str, check: Callable[[dict], None]) -> CheckpointInfo:
         """Load the newest usable checkpoint ("latest") or the given one. A broken or incompatible newest
-        checkpoint is skipped with a warning in favour of the next older; a given one fails loudly."""
+        checkpoint is skipped with a warning in favour of the next older; a given one fails loudly. Every
+        rank reads its part, and the ranks agree: a checkpoint one rank cannot read is skipped by all."""
         errors = []
         for path in self.candidates(request):
             info = read_info(path)
+            error = None
             try:
                 check(info.meta)
-                self.accelerator.load_state(str(path))
-            except Exception as err:  # torch/safetensors raise many kinds for a damaged file
-                message = f"{path.name}: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                self.contents.read_state(path, info.meta)
+            except Exception as err:  # CheckpointError, or what a damaged file raises that nothing expected
+                error = err
+            if _any_rank(self.accelerator, error is not None):
+                reason = str(error) if error is not None else "another rank could not read its part"
+                message = f"{path.name}: {reason.splitlines()[0] if reason else 'unreadable'}"
                 if request != "latest":
                     raise CheckpointError(f"cannot resume from {message}; pick another checkpoint "
                                           f"(--resume PATH) or start over with --fresh") from None
@@ -330,23 +389,3 @@ def _broadcast_str(accelerator, text: str) -> str:
     box = [text]
     broadcast_object_list(box, from_process=0)
     return box[0]
-
-
-def load_exported_weights(path: str | Path) -> dict:
-    """The exported weights from a checkpoint folder, a symlink to one, or the weights file itself;
-    loads with plain torch (no Accelerate, no pickle of arbitrary objects)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint or weights file")
-    file = path.resolve()
-    if file.is_dir():
-        file = file / WEIGHTS_NAME
-        if not file.is_file():
-            raise CheckpointError(f"{path}: no {WEIGHTS_NAME} inside (not a vsrpp-dist checkpoint?)")
-    try:
-        payload = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"{file}: cannot read weights ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT:
-        raise CheckpointError(f"{file}: not a vsrpp-dist weights file")
-    return payload

@@ -22,6 +22,7 @@ from ..data.stream import ClipStream
 from ..data.validation_set import ValidationSet
 from ..errors import CheckpointError, ShardFormatError, StartError
 from ..files import atomic_write_text
+from .model_card import data_summary
 from .run_dir import StartDecision, StartRequest, check_writable, decide_start, move_aside
 from .runtime import DevicePlan, cpu_threads
 
@@ -48,6 +49,11 @@ class RunData:
     validation_set: ValidationSet | None
     degradation: Any
 
+    def summaries(self) -> tuple[dict | None, dict | None]:
+        """The training and validation sets as a model card describes them."""
+        return (data_summary(self.stream.manifest),
+                data_summary(self.validation_set.manifest) if self.validation_set is not None else None)
+
 
 def open_data(cfg: Config, *, rank: int, world_size: int) -> RunData:
     """The data settings checked from the manifests; a problem names the config key at fault."""
@@ -73,11 +79,14 @@ def open_data(cfg: Config, *, rank: int, world_size: int) -> RunData:
     return RunData(stream, validation_set, degradation)
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, request: StartRequest, accelerator,
-                    interactive: bool | None) -> StartDecision:
-    """Decide new / resume / fresh on every rank from the same files, then let rank 0 alone move an old
-    run aside, check the folder is writable and write config.yaml, between two barriers."""
-    decision = decide_start(run_dir, request, num_processes=accelerator.num_processes, interactive=interactive)
+def decide_run_dir(run_dir: Path, request: StartRequest, accelerator, interactive: bool | None) -> StartDecision:
+    """Decide new / resume / fresh on every rank from the same files; nothing is changed yet."""
+    return decide_start(run_dir, request, num_processes=accelerator.num_processes, interactive=interactive)
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path, decision: StartDecision, accelerator) -> StartDecision:
+    """Once every rank has decided: rank 0 alone moves an old run aside, checks the folder is writable
+    and writes config.yaml, between two barriers."""
     accelerator.wait_for_everyone()  # everyone has looked before rank 0 changes anything
     moved = None
     if accelerator.is_main_process:

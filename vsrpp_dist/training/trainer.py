@@ -39,7 +39,9 @@ from .recovery import Recovery, peer_gone_reason
 from .report import Report, log_batch_plan, log_start
 from .run_dir import StartRequest
 from .runtime import memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
-from .startup import CompatibilityCheck, apply_device_plan, open_data, prepare_run_dir, resume
+from .initial_weights import describe as describe_initial
+from .initial_weights import load_into, match, model_shapes, read_initial_weights
+from .startup import CompatibilityCheck, apply_device_plan, decide_run_dir, open_data, prepare_run_dir, resume
 from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
 from .validation import Validator
 from .wrapping import BranchActivity
@@ -55,7 +57,12 @@ class Trainer:
         data = open_data(cfg, rank=acc.process_index, world_size=acc.num_processes)
         self.degradation = data.degradation
         self.run_dir = Path(cfg.run.dir).absolute()
-        start = prepare_run_dir(cfg, self.run_dir, request, acc, interactive)
+        start = decide_run_dir(self.run_dir, request, acc, interactive)
+        # A new run's starting weights are read and matched before the run directory is touched; a
+        # resumed run restores its own checkpoint and never reads init.from again.
+        initial = read_initial_weights(cfg) if start.mode != "resume" else None
+        init_report = match(cfg, initial) if initial is not None else None
+        start = prepare_run_dir(cfg, self.run_dir, start, acc)
         self.observer = Observer(self.run_dir, rank=acc.process_index, is_main=acc.is_main_process,
                                  total_steps=cfg.train.total_steps)
         log_start(self.observer, cfg, acc, self.device_plan, start, self.run_dir)
@@ -76,10 +83,19 @@ class Trainer:
         model = build_training_model(cfg.model, device=acc.device, activation_checkpointing=activation_checkpointing,
                                      channels_last=channels_last)
         self.observer.info(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
+        if initial is not None:
+            load_into(model, initial, init_report)
+            self.observer.info(describe_initial(initial))
+            for line in init_report.lines(model_shapes(cfg)):
+                self.observer.info(line)
+            if cfg.init.freeze:
+                self.observer.info(f"init: {', '.join(cfg.init.freeze)} fixed (LR factor 0) until step "
+                                   f"{cfg.init.freeze_steps}")
         self.activity = BranchActivity(model)
         self.aligns = cfg.model.alignment != "implicit"
         optimizer, self.lr_factors = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment.lr_factor,
-                                                     device_type=acc.device.type)
+                                                     device_type=acc.device.type, frozen=cfg.init.freeze,
+                                                     freeze_steps=cfg.init.freeze_steps)
         model = self._maybe_compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.params = list(self.model.parameters())
@@ -90,10 +106,13 @@ class Trainer:
         self.schedule = LRSchedule(cfg.optim, cfg.plateau, cfg.guard, cfg.train.total_steps)
         self.adaptive = AdaptiveController(cfg.adaptive, cfg.loss)
         self.ema = WeightEMA(acc.unwrap_model(self.model), cfg.ema)
-        self.contents = CheckpointContents(cfg, acc, self.model, self.ema, self.batches, self.state)
+        # Provenance: where this run's weights started (a resumed run reads its own from the checkpoint).
+        self.contents = CheckpointContents(cfg, acc, self.model, self.optimizer, self.ema, self.batches, self.state,
+                                           initial.provenance() if initial is not None else [],
+                                           data_summaries=data.summaries())
         self.checkpoints = CheckpointManager(self.run_dir, acc, cfg.checkpoint, self.observer, self.contents)
-        for stateful in (self.state, self.schedule, self.adaptive, self.checkpoints, self.ema):
-            acc.register_for_checkpointing(stateful)
+        self.contents.register(state=self.state, schedule=self.schedule, adaptive=self.adaptive,
+                               checkpoints=self.checkpoints, ema=self.ema, provenance=self.contents)
         self.validator = (Validator(data.validation_set, cfg.validation, acc, self.observer,
                                     degradation=data.degradation, seed=cfg.run.seed)
                           if data.validation_set is not None else None)
@@ -176,7 +195,7 @@ class Trainer:
         started = time.perf_counter()
         # The one place the LR is computed; the result carries it to the logs and the status file.
         learning_rate, phase = self.schedule.learning_rate(self.state.step), self.schedule.phase(self.state.step)
-        for group, factor in zip(self.optimizer.param_groups, self.lr_factors):
+        for group, factor in zip(self.optimizer.param_groups, self.lr_factors.at(self.state.step)):
             group["lr"] = learning_rate * factor
         weights = self.adaptive.weights
         photometric_weight = photometric_weight_at(self.state.step, self.cfg.alignment) if self.aligns else 0.0

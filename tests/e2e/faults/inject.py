@@ -14,9 +14,9 @@ the same plan and applies the part meant for it:
                           is full (a disk that something else filled up)
   VSRPP_FAULT_WRITE_FAIL  "TEXT": the first file this rank writes through torch.save or safetensors whose
                           path contains TEXT gets half its bytes, then OSError(ENOSPC), as on a full disk
-  VSRPP_FAULT_SLOW_SAVE   "TEXT:SECONDS": after Accelerator.save_state has written its files into a
-                          folder whose name contains TEXT, sleep SECONDS: the checkpoint stays half-written
-                          (no weights.pt, no meta.json) that long, so a kill -9 or a second Ctrl-C can land
+  VSRPP_FAULT_SLOW_SAVE   "TEXT:SECONDS": after a rank has written its training state into a folder
+                          whose name contains TEXT, sleep SECONDS: the checkpoint stays half-written
+                          (no model.safetensors, no meta.json) that long, so a kill -9 or a second Ctrl-C can land
                           in the middle of a write
   VSRPP_FAULT_MARKS       a folder: each process writes `rank-R.pid` there at start, `EVENT-rank-R` when
                           an injected fault fires (nan-STEP-ATTEMPT, crash, fill-disk, write-fail,
@@ -133,19 +133,19 @@ def _patch_write_fail(text: str) -> None:
 
 
 def _patch_slow_save(spec: str) -> None:
-    import accelerate
+    from vsrpp_dist.training.checkpoint import CheckpointContents
 
     text, _, seconds = spec.rpartition(":")
-    real = accelerate.Accelerator.save_state
+    real = CheckpointContents.write_state
 
-    def save_state(self, output_dir=None, *args, **kwargs):
-        result = real(self, output_dir, *args, **kwargs)
-        if output_dir is not None and text in Path(output_dir).name:
+    def write_state(self, folder):
+        result = real(self, folder)
+        if text in Path(folder).name:
             _mark("slow-save")
             time.sleep(float(seconds))
         return result
 
-    accelerate.Accelerator.save_state = save_state
+    CheckpointContents.write_state = write_state
 
 
 def main() -> int:
