@@ -48,7 +48,7 @@ def test_two_ranks_train_validate_and_checkpoint(uninterrupted):
         assert not os.path.isabs(os.readlink(run / link))
     latest = run / "checkpoint_latest"
     for rank in (0, 1):
-        assert (latest / f"random_states_{rank}.pkl").is_file(), "every rank saves its own RNG state"
+        assert (latest / f"rng_state_{rank}.safetensors").is_file(), "every rank saves its own RNG state"
     assert (run / "config.yaml").is_file() and (run / "training_status.txt").is_file()
     losses = read_scalars(run, "Loss/Total")
     assert sorted(losses) == list(range(1, STEPS + 1))
@@ -79,7 +79,7 @@ def test_sigterm_then_resume_from_a_moved_directory_continues_exactly(uninterrup
     assert stopped_at < STEPS
     emergency = (run_dir / "checkpoint_latest").resolve()
     assert emergency.name.startswith("emergency-"), output[-3000:]
-    assert (emergency / "random_states_0.pkl").is_file() and (emergency / "random_states_1.pkl").is_file()
+    assert (emergency / "rng_state_0.safetensors").is_file() and (emergency / "rng_state_1.safetensors").is_file()
 
     moved = tmp_path / "moved" / "elsewhere"
     moved.parent.mkdir()
@@ -134,4 +134,29 @@ def test_two_machines_on_loopback(train_shards, val_shards, tmp_path):
     assert "INFO" not in outputs[1], "the second machine prints warnings only"
     assert len(list((run_dir / "logs").glob("events.out.tfevents.*"))) == 1
     latest = run_dir / "checkpoint_latest"
-    assert (latest / "random_states_0.pkl").is_file() and (latest / "random_states_1.pkl").is_file()
+    assert (latest / "rng_state_0.safetensors").is_file() and (latest / "rng_state_1.safetensors").is_file()
+
+
+def test_two_ranks_initialised_from_a_checkpoint_start_and_stay_identical(uninterrupted, train_shards, val_shards,
+                                                                         tmp_path):
+    """init.from with two ranks: each rank reads the weights itself; the replicas start from the source's
+    exact weights (DDP's broadcast would hide a rank that loaded something else, so the first checkpoint's
+    weights are compared with the source) and stay identical (the replica check at every checkpoint)."""
+    from vsrpp_dist.training.state_files import read_tree
+    from vsrpp_dist.weights import read_weights
+
+    source = (uninterrupted / "checkpoint_best").resolve()
+    run_dir = tmp_path / "initialised"
+    done = subprocess.run(launch_command(run_dir, train_shards, val_shards, f"init.from={uninterrupted}",
+                                         "train.total_steps=4", "checkpoint.rolling_every=2", "validation.every=0",
+                                         "init.freeze=extract", "init.freeze_steps=4"),
+                          env=launcher_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (run_dir / "training.log").read_text()
+    assert f"init: starting from raw weights of {source / 'model.safetensors'}" in log
+    assert "weights identical on all 2 ranks at step 2" in log and "weights identical on all 2 ranks at step 4" in log
+    start = read_weights(source).state_dict
+    after = read_tree((run_dir / "checkpoint_latest").resolve() / "training_state.safetensors")["model"]
+    extract = [k for k in start if k.startswith("feature_extractor.")]
+    assert extract and all(torch.equal(after[k], start[k]) for k in extract)  # frozen: the source's, exactly
+    assert any(not torch.equal(after[k], start[k]) for k in start if k not in extract)

@@ -336,7 +336,7 @@ def test_kill9_of_one_rank_ends_the_launch_and_leaves_only_complete_checkpoints(
     # the half-written checkpoint is there, and is not taken for a complete one
     assert tmp_folders(run_dir) == [".tmp-rolling-00000015"]
     half = run_dir / "checkpoints" / ".tmp-rolling-00000015"
-    assert (half / "model.safetensors").is_file() and not (half / "meta.json").exists()
+    assert (half / "training_state.safetensors").is_file() and not (half / "meta.json").exists()
     assert complete_names(run_dir) == ["rolling-00000005", "rolling-00000010"]
     for info in list_complete(run_dir):
         assert_loads(info.path)
@@ -380,7 +380,7 @@ def test_ctrl_c_to_the_process_group_writes_an_emergency_checkpoint_on_every_ran
     name = latest_name(run_dir)
     assert name == f"emergency-{interrupted.last_step:08d}"
     emergency = run_dir / "checkpoints" / name
-    assert (emergency / "random_states_0.pkl").is_file() and (emergency / "random_states_1.pkl").is_file()
+    assert (emergency / "rng_state_0.safetensors").is_file() and (emergency / "rng_state_1.safetensors").is_file()
     meta = json.loads((emergency / "meta.json").read_text())
     assert meta["kinds"] == ["emergency"] and meta["collective"] is True and meta["world_size"] == 2
     assert_loads(emergency)
@@ -508,7 +508,7 @@ def survivable(train_shards, val_shards, tmp_path_factory):
     run_dir = base / "run"
     run = Run(two_ranks(run_dir, shards, val_shards, "train.total_steps=20", "guard.max_nonfinite_in_row=2"),
               run_dir, {"VSRPP_FAULT_RANKS": "1", "VSRPP_FAULT_NAN": "7,12x2",
-                        "VSRPP_FAULT_WRITE_FAIL": ".tmp-rolling-00000010/random_states_1.pkl"})
+                        "VSRPP_FAULT_WRITE_FAIL": ".tmp-rolling-00000010/rng_state_1.safetensors"})
     try:
         code = run.wait(timeout=180)
         no_leftover_processes(run_dir)
@@ -569,7 +569,7 @@ def test_a_write_error_on_one_rank_keeps_the_previous_checkpoint_and_no_rank_han
     assert run.mark("write-fail-rank-1") and not run.mark("write-fail-rank-0")
     output, log = run.output(), (run_dir / "training.log").read_text()
     assert ("[rank 1] checkpoint rolling-00000010 could not be written (OSError: [Errno 28] No space left on "
-            f"device: '{run_dir}/checkpoints/.tmp-rolling-00000010/random_states_1.pkl'); rolling-00000005 stays "
+            f"device: '{run_dir}/checkpoints/.tmp-rolling-00000010/rng_state_1.safetensors'); rolling-00000005 stays "
             "the latest; training continues") in output
     assert ("checkpoint rolling-00000010 could not be written (another rank could not write its part); "
             "rolling-00000005 stays the latest; training continues") in log
@@ -655,7 +655,7 @@ def disk_full_run(survivable, tiny_fs, train_shards, runs, tmp_path):
     """One process on a filesystem with room for two and a half checkpoints: rolling-5 and -10 fit, the
     third and every later one (rolling-15, final-20) hit a real ENOSPC."""
     final = survivable[0] / "checkpoints" / "final-00000020"
-    checkpoint = disk_bytes(final) - disk_bytes(final, "random_states_1.pkl")  # one process: one RNG file
+    checkpoint = disk_bytes(final) - disk_bytes(final, "rng_state_1.safetensors")  # one process: one RNG file
     mount = tiny_fs(int(2.5 * checkpoint) + 96 * 1024)
     run_dir = mount / "run"
     run = runs(one_process(run_dir, train_shards, "train.total_steps=20"), run_dir, side=tmp_path)
@@ -724,8 +724,8 @@ def cli_cases(survivable, tmp_path_factory):
     a_file.write_text("not a directory")
     corrupt = base / "corrupt-run"
     shutil.copytree(survivable[0], corrupt, symlinks=True)
-    weights = corrupt / "checkpoint_latest" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    state = corrupt / "checkpoint_latest" / "training_state.safetensors"
+    state.write_bytes(state.read_bytes()[:100])
     other = base / "other-run"
     shutil.copytree(survivable[0], other, symlinks=True)
     return {

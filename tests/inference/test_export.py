@@ -75,6 +75,14 @@ def test_export_runs_in_onnxruntime_like_pytorch(alignment, real_frames, tmp_pat
     assert stdout.count("max |onnxruntime - PyTorch|") == 5  # four cases and the summary
     assert onnx_vs_torch(weights, out, (2, 5, 3, 27, 45)) < 1e-4
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".onnx" or "partial" in p.name] == ["model.onnx"]
+    # the file names the weights it came from
+    import json
+
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(props["vsrpp.source"])["sha256"] == read_weights(weights).sha256
+    assert json.loads(props["vsrpp.provenance"]) == []
 
 
 def test_failed_export_or_check_writes_nothing(tmp_path, capsys, monkeypatch):

@@ -225,6 +225,14 @@ def test_provenance_chain_and_model_card(base_run, train_shards, val_shards, tmp
     assert "## Validation" in body and "| 2 |" in body  # the last validation table, at step 2
     assert chain[1]["sha256"] in body and chain[0]["sha256"] in body
     assert "4 sequences, 56 frames" in body  # the training set, from its manifest
+    # evaluate --json names the weights it scored and where their training started
+    from vsrpp_dist.inference import evaluate
+
+    report = tmp_path / "eval.json"
+    assert evaluate.cli(["--checkpoint", str(stage3 / "checkpoint_latest"), "--data", str(val_shards), "--json",
+                         str(report), "--quiet"]) == 0
+    model = json.loads(report.read_text())["model"]
+    assert model["sha256"] == read_weights(final).sha256 and model["provenance"] == chain and model["step"] == 2
 
 
 # -- bad input: one line, no run directory --------------------------------------------------------------------

@@ -3,12 +3,15 @@
     python -m vsrpp_dist.bench loader [--frames DIR] [--shards DIR] [--codecs [LIST]] [--workers N] [--json OUT]
     python -m vsrpp_dist.bench step --config CONFIG [--steps N] [--matmul-peak] [key.sub=value ...]
     python -m vsrpp_dist.bench quality [--frames DIR] [--minutes M] [--variants LIST] [--seeds LIST]
+    python -m vsrpp_dist.bench finetune --frames DIR [--base-steps N] [--steps N] [--parts LIST]
     python -m vsrpp_dist.bench degradation [--config CONFIG] [--rounds N] [key.sub=value ...]
     python -m vsrpp_dist.bench upscale --config CONFIG|--checkpoint C [--size WxH] [--frames N] [--tile N]
 
 `step` (vsrpp_dist/tools/bench_step.py): the trainer's step against a bare PyTorch loop.
 `quality` (vsrpp_dist/tools/bench_quality.py): alignment variants at equal wall-clock, scored on held-out
 footage.
+`finetune` (vsrpp_dist/tools/bench_finetune.py): starting from a trained model (own footage, the two-stage
+real-world recipe, the alignment upgrade) against the same steps from scratch, on held-out footage.
 `degradation` (vsrpp_dist/tools/bench_degradation.py): what the realistic degradation costs against
 bicubic in the loader, on the device and in the training step.
 `upscale` (vsrpp_dist/tools/bench_upscale.py): inference frames/s and FLOPs per output frame with the
@@ -56,7 +59,7 @@ import torch
 from ..cli import OneLineParser, int_at_least, run_cli
 from ..config import SCALE
 from ..errors import BenchError
-from . import bench_degradation, bench_quality, bench_step, bench_upscale
+from . import bench_degradation, bench_finetune, bench_quality, bench_step, bench_upscale
 
 PROG = "python -m vsrpp_dist.bench"
 CLIP_FRAMES = 5
@@ -81,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_loader_parser(commands)
     bench_step.add_parser(commands)
     bench_quality.add_parser(commands)
+    bench_finetune.add_parser(commands)
     bench_degradation.add_parser(commands)
     bench_upscale.add_parser(commands)
     return parser
