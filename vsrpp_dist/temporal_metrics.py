@@ -30,8 +30,13 @@ import torch
 
 from .metrics import rgb_to_y
 
-__all__ = ["FARNEBACK_PARAMS", "NotEnoughFrames", "grey", "farneback_flow", "tof_crop", "tof_of_flows",
+__all__ = ["PROTOCOL", "FARNEBACK_PARAMS", "NotEnoughFrames", "grey", "farneback_flow", "tof_crop", "tof_of_flows",
            "sequence_tof", "sequence_tde", "TemporalTrack", "GroundTruthTrack"]
+
+PROTOCOL = ("tOF = TecoGAN's: OpenCV RGB2GRAY of the 8-bit frames, Farneback (0.5, 3, 15, 3, 5, 1.2, 0) between "
+            "consecutive frames of the output and of GT, mean L2 norm of the flows' difference in output pixels over "
+            "TecoGAN's centre crop (crop_8x8); TDE = mean |(SR_t - SR_t-1) - (GT_t - GT_t-1)| on 8-bit BT.601 Y "
+            "(0..255, crop_border applied); both per consecutive pair, mean per sequence")
 
 # TecoGAN's cv2.calcOpticalFlowFarneback arguments after (prev, next, flow):
 # pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags
