@@ -486,11 +486,10 @@ class ModelUnderTest:
 def load_models(checkpoints: list[str], device: torch.device) -> list[ModelUnderTest]:
     """Every --checkpoint loaded before any work (one that does not load stops the run in one line)."""
     labels = model_labels(checkpoints)
-    models = []
-    for key, label, checkpoint in zip(stream_keys(len(checkpoints)), labels, checkpoints):
-        loaded = load_model(checkpoint, device)
-        print(loaded.describe() if len(checkpoints) == 1 else f"{label}: {loaded.describe()}", file=sys.stderr)
-        models.append(ModelUnderTest(key, label, loaded))
+    models = [ModelUnderTest(key, label, load_model(checkpoint, device))
+              for key, label, checkpoint in zip(stream_keys(len(checkpoints)), labels, checkpoints)]
+    for m in models:  # after all loaded: a bad one is the only line
+        print(m.loaded.describe() if len(models) == 1 else f"{m.label}: {m.loaded.describe()}", file=sys.stderr)
     return models
 
 
