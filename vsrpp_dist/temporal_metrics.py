@@ -114,13 +114,13 @@ class TemporalTrack:
     _prev_y: torch.Tensor | None = None
 
     def step(self, output_chw_u8: torch.Tensor, gt: GroundTruthTrack) -> None:
-        """Add the next frame (8-bit RGB (3, H, W) on the CPU); `gt` must already hold its GT frame."""
+        """Add the next frame (8-bit RGB (3, H, W), any device); `gt` must already hold its GT frame."""
         y = _y_255(output_chw_u8, self.crop_border)
         if self._prev_y is not None:
             self.tde.append(float(((y - self._prev_y) - gt.y_change).abs().mean()))
         self._prev_y = y
         if self.with_tof:
-            g = grey(output_chw_u8.permute(1, 2, 0).numpy())
+            g = grey(output_chw_u8.permute(1, 2, 0).cpu().numpy())
             if self._prev_grey is not None:
                 self.tof.append(tof_of_flows(farneback_flow(self._prev_grey, g), gt.flow))
             self._prev_grey = g
@@ -143,7 +143,7 @@ class GroundTruthTrack:
         self.y_change = None if self._prev_y is None else y - self._prev_y
         self._prev_y = y
         if self.with_tof:
-            g = grey(gt_chw_u8.permute(1, 2, 0).numpy())
+            g = grey(gt_chw_u8.permute(1, 2, 0).cpu().numpy())
             self.flow = None if self._prev_grey is None else farneback_flow(self._prev_grey, g)
             self._prev_grey = g
 
