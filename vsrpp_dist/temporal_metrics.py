@@ -110,8 +110,8 @@ class TemporalTrack:
     with_tof: bool = True
     tof: list[float] = field(default_factory=list)  # per pair (t-1, t), t = 1..n-1
     tde: list[float] = field(default_factory=list)
-    _prev_grey: np.ndarray | None = None
-    _prev_y: torch.Tensor | None = None
+    _prev_grey: np.ndarray | None = field(default=None, init=False, repr=False)
+    _prev_y: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def step(self, output_chw_u8: torch.Tensor, gt: GroundTruthTrack) -> None:
         """Add the next frame (8-bit RGB (3, H, W), any device); `gt` must already hold its GT frame."""
@@ -135,8 +135,8 @@ class GroundTruthTrack:
     with_tof: bool = True
     flow: np.ndarray | None = None
     y_change: torch.Tensor | None = None
-    _prev_grey: np.ndarray | None = None
-    _prev_y: torch.Tensor | None = None
+    _prev_grey: np.ndarray | None = field(default=None, init=False, repr=False)
+    _prev_y: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def step(self, gt_chw_u8: torch.Tensor) -> None:
         y = _y_255(gt_chw_u8, self.crop_border)

@@ -209,3 +209,31 @@ def test_a_one_frame_sequence_has_no_temporal_metrics_and_says_so_in_one_line(ch
     assert rows["overall"]["tde_model"] == rows["000"]["tde_model"]
     assert rows["overall"]["y_psnr_model"] == pytest.approx((rows["000"]["y_psnr_model"] +
                                                              rows["single"]["y_psnr_model"]) / 2)
+
+
+def test_report_shows_the_frames_and_the_square_where_the_models_differ_most():
+    from vsrpp_dist.inference.comparison import SequenceScores
+    from vsrpp_dist.inference.report import CROP_FRAMES, ReportCollector, best_square
+
+    values = np.zeros((10, 12))
+    values[6:9, 2:5] = 1.0
+    assert best_square(values, 3) == (6, 2)
+
+    collector = ReportCollector()
+    labels = ["bicubic", "model1", "model2"]
+    collector.start_sequence("seq", labels)
+    h, w = 200, 240
+    differs = {1: 40, 4: 90, 5: 60, 7: 20}  # frame -> how much the models differ from bicubic in the patch
+    for index in range(8):
+        gt = torch.full((3, h, w), 100, dtype=torch.uint8)
+        model = gt.clone()
+        model[:, 120:180, 30:90] += differs.get(index, 0)
+        model[:, 150, :] += 5  # a row where they differ in frame 0: the profile row
+        collector.frame(index, gt, {"bicubic": gt, "model1": model, "model2": model})
+    collector.end_sequence(SequenceScores(labels, 0))
+    seq = collector.sequences[0]
+    top, left, size = seq.crop_box
+    assert size == 96 and top <= 120 and top + size >= 180 and left <= 30 and left + size >= 90  # the whole patch
+    assert [frame for frame, _ in seq.crops] == sorted([4, 5, 1])[:CROP_FRAMES]
+    assert seq.profile_row == 150 and len(seq.profiles["GT"]) == 8
+    assert set(seq.crops[0][1]) == {"bicubic", "model1", "model2", "GT"}

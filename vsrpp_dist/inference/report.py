@@ -93,11 +93,10 @@ class ReportCollector:
         seq.difference_sum += difference
         for label, frame in frames.items():
             seq.profiles.setdefault(label, []).append(frame[seq.profile_row].copy())
-        kept = _KeptFrame(float(difference.mean()), index, {k: v.copy() for k, v in frames.items()})
-        if len(seq.kept) < CROP_FRAMES:
-            heapq.heappush(seq.kept, kept)
-        elif kept > seq.kept[0]:
-            heapq.heapreplace(seq.kept, kept)
+        score = float(difference.mean())
+        if len(seq.kept) < CROP_FRAMES or (score, index) > (seq.kept[0].difference, seq.kept[0].index):
+            kept = _KeptFrame(score, index, {k: v.copy() for k, v in frames.items()})  # copied only when kept
+            (heapq.heappush if len(seq.kept) < CROP_FRAMES else heapq.heapreplace)(seq.kept, kept)
 
     def end_sequence(self, scores: SequenceScores) -> None:
         seq = self.sequences[-1]
