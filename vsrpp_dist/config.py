@@ -335,6 +335,7 @@ class ValidationConfig:
     crop_border: int = setting(0, "pixels cut from each border before PSNR/SSIM", min=0)
     images: int = setting(2, "comparison images (bicubic | model | GT) logged per validation", min=0)
     batch_size: int = setting(4, "frames per validation forward pass", min=1)
+    tof: bool = setting(False, "also log tOF (TecoGAN's Farneback flow metric, on the CPU; TDE is always logged)")
 
 
 @dataclass(frozen=True)

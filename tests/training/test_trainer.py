@@ -34,6 +34,8 @@ DESIGN_TAGS = [
     "Activity/Forward_Trunk_Avg", "LR_Schedule/Phase", "Events/Checkpoints",
     # issue 4: global throughput and the time spent waiting for data
     "System/Clips_per_s", "System/Data_Wait_Fraction",
+    # issue 25: temporal consistency of the validation outputs (tOF only with validation.tof)
+    "Temporal/LR_TDE", "Temporal/KI_TDE",
 ]
 GPU_ONLY_TAGS = ["System/VRAM_GB"]  # with NVML also GPU_Util_pct, Temperature_C, Power_W, ...
 

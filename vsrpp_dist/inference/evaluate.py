@@ -1,7 +1,12 @@
-"""PSNR/SSIM of a trained model against bicubic, per sequence and overall, measured as VSR papers do.
+"""PSNR/SSIM and temporal consistency (tOF, TDE) of trained models against bicubic, per sequence and
+overall, measured as VSR papers do.
 
-    python -m vsrpp_dist.evaluate --checkpoint C --data D [--lr LR_DIR] [--crop-border N]
-                                  [--json OUT.json] [--save DIR] [--batch N] [--tile N] [--device ...]
+    python -m vsrpp_dist.evaluate --checkpoint C [--checkpoint C2 ...] --data D [--lr LR_DIR] [--crop-border N]
+                                  [--json OUT.json] [--report DIR] [--save DIR] [--batch N] [--tile N] [--device ...]
+
+Several --checkpoint options score every model on the same LR frames in one pass over the data, in one
+table with a column group per model and bicubic (best per row marked). --report DIR writes an HTML page
+(vsrpp_dist/inference/report.py). tOF and TDE are defined in vsrpp_dist/temporal_metrics.py.
 
 D is a folder of GT sequences in any layout `pack` understands (REDS, Vid4, Vimeo-90K with its test
 list, any nesting; video files count as sequences too) or a validation set written by `pack --val`
@@ -42,14 +47,14 @@ from ..data.sources import Sequence, scan_source
 from ..data.validation_set import ValidationSet
 from ..files import atomic_write_text
 from ..imresize import downscale, upscale
-from ..metrics import mean_of_sequence_means
+from ..temporal_metrics import PROTOCOL as TEMPORAL_PROTOCOL
 from ..training.validation import score
 from .common import (
     BackgroundWriter,
     ClipUpscaler,
     InferenceError,
+    LoadedModel,
     PngFolder,
-    add_checkpoint_argument,
     add_inference_arguments,
     frame_names,
     frame_size_of_folder,
@@ -62,9 +67,20 @@ from .common import (
     sliding_windows,
     to_uint8,
 )
+from .comparison import (
+    BICUBIC,
+    SequenceScores,
+    add_checkpoints_argument,
+    format_streams_table,
+    json_per_frame,
+    json_rows,
+    model_labels,
+    stream_keys,
+    summarise,
+)
+from .report import ReportCollector, check_report_folder, write_report
 
 PROG = "python -m vsrpp_dist.evaluate"
-METRICS = ("y_psnr", "y_ssim", "rgb_psnr", "rgb_ssim")  # the order validate.score returns them in
 SSIM_WINDOW = 11
 
 
@@ -72,7 +88,7 @@ def build_parser():
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                            epilog="Metrics: Y (BT.601) and RGB PSNR/SSIM of 8-bit outputs, mean of sequence "
                                   "means; LR by MATLAB bicubic x3 unless --lr. See the module docstring.")
-    add_checkpoint_argument(parser)
+    add_checkpoints_argument(parser)
     parser.add_argument("--data", required=True, metavar="D",
                         help="a folder of GT sequences (frame folders of any layout, videos) or a validation "
                              "set written by `pack --val` (holds manifest.json; also s3://, gs://, http(s)://, "
@@ -91,6 +107,9 @@ def build_parser():
                              "validation; papers that crop use the scale, 3)")
     parser.add_argument("--json", metavar="OUT", help="write the table as JSON: one row per sequence and 'overall'")
     parser.add_argument("--save", metavar="DIR", help="write the model's frames as PNG, DIR/<sequence>/<frame>.png")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write an HTML report into DIR (a new or empty folder): the table, per-frame PSNR "
+                             "plots, crops of bicubic / each model / GT side by side, temporal profiles")
     add_inference_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file or saved frames")
     return parser
@@ -231,11 +250,12 @@ def gt_crop(job: Job, crop_border: int, announce: bool = True) -> tuple[int, int
 
 
 class SequenceScorer:
-    """Scores one sequence frame by frame: model and bicubic against GT."""
+    """Scores one sequence frame by frame: bicubic and every model against GT, on the same LR frames."""
 
-    def __init__(self, upscaler: ClipUpscaler, device: torch.device, crop_border: int, batch: int,
+    def __init__(self, upscalers: list[ClipUpscaler], device: torch.device, crop_border: int, batch: int,
                  degradation=None, seed: int = 0) -> None:
-        self.upscaler = upscaler
+        self.upscalers = upscalers
+        self.keys = stream_keys(len(upscalers))
         self.device = device
         self.crop_border = crop_border
         self.batch = batch
@@ -269,52 +289,59 @@ class SequenceScorer:
                 crop = gt_crop(job, self.crop_border)
             yield gt[:, :crop[0], :crop[1]], lr
 
-    def run(self, job: Job, saver: BackgroundWriter | None, progress, index: int = 0) -> list[list[float]]:
-        """Per frame: the 4 bicubic metrics, then the 4 model metrics (`index`: the job's place in the set)."""
-        rows = []
+    def run(self, job: Job, saver: BackgroundWriter | None, progress, index: int = 0,
+            collector: ReportCollector | None = None) -> SequenceScores:
+        """Every stream's per-frame and per-pair scores (`index`: the job's place in the set). The LR frames
+        are made once and fed to every model; `saver` takes the (single) model's frames, `collector` what
+        the HTML report shows."""
+        scores = SequenceScores([BICUBIC, *self.keys], self.crop_border)
+        if collector is not None:
+            collector.start_sequence(job.name, scores.labels)
         for batch in sliding_windows(enumerate(self.frames(job, index)), self.batch):
             lq_btchw = torch.stack([torch.stack([lq for _, (_, lq) in window]) for _, window in batch])
             gt_bchw = torch.stack([window[2][1][0] for _, window in batch]).to(self.device).float().div_(255)
-            # ids unique across sequences: the cache must never hand one sequence's frame to the next
-            sr_bchw = self.upscaler(lq_btchw, [[(id(job), frame) for frame, _ in window] for _, window in batch])
-            bicubic_bchw = upscale(lq_btchw[:, 2].to(self.device).float().div_(255), SCALE)
+            outputs = {BICUBIC: upscale(lq_btchw[:, 2].to(self.device).float().div_(255), SCALE)}
+            for key, upscaler in zip(self.keys, self.upscalers):
+                # ids unique across sequences: the cache must never hand one sequence's frame to the next
+                outputs[key] = upscaler(lq_btchw, [[(id(job), frame) for frame, _ in window] for _, window in batch])
             # score() clamps and rounds both to 8 bits first: what saved PNGs would score
-            bicubic_scores = score(bicubic_bchw, gt_bchw, self.crop_border)
-            model_scores = score(sr_bchw, gt_bchw, self.crop_border)
-            rows += torch.stack(bicubic_scores + model_scores, dim=1).tolist()
+            frame_scores = {key: torch.stack(score(sr_bchw, gt_bchw, self.crop_border), dim=1).tolist()
+                            for key, sr_bchw in outputs.items()}
+            outputs_u8 = {key: to_uint8(sr_bchw) for key, sr_bchw in outputs.items()}
+            for k, (frame_index, window) in enumerate(batch):
+                gt_u8 = window[2][1][0]
+                frame_outputs = {key: out[k] for key, out in outputs_u8.items()}
+                scores.add_frame(gt_u8, frame_outputs, {key: rows[k] for key, rows in frame_scores.items()})
+                if collector is not None:
+                    collector.frame(frame_index, gt_u8, frame_outputs)
             if saver is not None:
-                for (index, _), frame in zip(batch, to_uint8(sr_bchw).permute(0, 2, 3, 1).numpy()):
-                    saver.submit(index, frame.copy())
+                for (frame_index, _), frame in zip(batch, outputs_u8[self.keys[0]].permute(0, 2, 3, 1).numpy()):
+                    saver.submit(frame_index, frame.copy())
             progress.update(len(batch))
-        if not rows:
+        if scores.num_frames == 0:
             raise InferenceError(f"{job.name}: no frames could be read")
-        return rows
+        if scores.num_frames == 1:
+            note(f"{job.name}: one frame: no tOF/TDE for it (temporal metrics need two consecutive frames)")
+        if collector is not None:
+            collector.end_sequence(scores)
+        return scores
 
 
 # -- the report --------------------------------------------------------------------------------------
 
 
-def summarise(per_sequence: dict[str, list[list[float]]]) -> list[dict]:
-    """One row per sequence (frame means) and 'overall' (mean of sequence means), flat keys."""
-    keys = [f"{m}_bicubic" for m in METRICS] + [f"{m}_model" for m in METRICS]
-    rows = []
-    for name, frame_rows in per_sequence.items():
-        row = {"sequence": name, "frames": len(frame_rows)}
-        row.update({k: sum(f[i] for f in frame_rows) / len(frame_rows) for i, k in enumerate(keys)})
-        rows.append(row)
-    overall = {"sequence": "overall", "frames": sum(r["frames"] for r in rows)}
-    for i, k in enumerate(keys):
-        overall[k] = mean_of_sequence_means({name: [f[i] for f in frame_rows]
-                                             for name, frame_rows in per_sequence.items()})
-    return rows + [overall]
+def _temporal(value: float | None) -> str:
+    return f"{value:7.4f}" if value is not None else f"{'-':>7}"
 
 
 def format_table(rows: list[dict]) -> str:
+    """The one-checkpoint table (flat JSON rows): each metric's bicubic and model side by side."""
     width = max(12, *(len(r["sequence"]) for r in rows))
     head1 = (f"{'':{width}} {'':>6}   {'Y-PSNR (dB)':^23}   {'Y-SSIM':^15}   {'RGB-PSNR (dB)':^23}   "
-             f"{'RGB-SSIM':^15}")
+             f"{'RGB-SSIM':^15}   {'tOF':^15}   {'TDE':^15}")
     head2 = (f"{'sequence':{width}} {'frames':>6}   {'bicubic':>7} {'model':>7} {'gain':>7}   {'bicubic':>7} "
-             f"{'model':>7}   {'bicubic':>7} {'model':>7} {'gain':>7}   {'bicubic':>7} {'model':>7}")
+             f"{'model':>7}   {'bicubic':>7} {'model':>7} {'gain':>7}   {'bicubic':>7} {'model':>7}"
+             f"   {'bicubic':>7} {'model':>7}   {'bicubic':>7} {'model':>7}")
     lines = [head1, head2, "-" * len(head2)]
     for r in rows:
         if r["sequence"] == "overall":
@@ -324,8 +351,10 @@ def format_table(rows: list[dict]) -> str:
             f"{r['y_psnr_model'] - r['y_psnr_bicubic']:+7.3f}   {r['y_ssim_bicubic']:7.4f} {r['y_ssim_model']:7.4f}   "
             f"{r['rgb_psnr_bicubic']:7.3f} {r['rgb_psnr_model']:7.3f} "
             f"{r['rgb_psnr_model'] - r['rgb_psnr_bicubic']:+7.3f}"
-            f"   {r['rgb_ssim_bicubic']:7.4f} {r['rgb_ssim_model']:7.4f}")
-    lines.append("overall = mean of sequence means")
+            f"   {r['rgb_ssim_bicubic']:7.4f} {r['rgb_ssim_model']:7.4f}"
+            f"   {_temporal(r['tof_bicubic'])} {_temporal(r['tof_model'])}"
+            f"   {_temporal(r['tde_bicubic'])} {_temporal(r['tde_model'])}")
+    lines.append("overall = mean of sequence means; tOF, TDE: lower is better (flicker the GT does not have)")
     return "\n".join(lines)
 
 
@@ -383,22 +412,27 @@ def main(argv=None) -> int:
     for job in jobs:
         if job.gt_hw is not None:  # the rest (videos) are checked when their first frame arrives
             gt_crop(job, args.crop_border)
+    if args.save and len(args.checkpoint) > 1:
+        raise InferenceError(f"--save writes one model's frames; it takes one --checkpoint, not "
+                             f"{len(args.checkpoint)}")
+    if args.report:
+        check_report_folder(Path(args.report), args.overwrite)
     reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
-    loaded = load_model(args.checkpoint, device)
-    print(loaded.describe(), file=sys.stderr)
+    models = load_models(args.checkpoint, device)
     lr_origin = args.lr or (f"realistic degradation (default ranges), seed {args.seed}" if degradation else
                             "MATLAB bicubic x3 of GT, 8-bit")
     print(f"{len(jobs)} sequence{'s' if len(jobs) != 1 else ''} from {data}; LR: {lr_origin}; "
           f"crop border {args.crop_border}", file=sys.stderr)
-    scorer = SequenceScorer(ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp,
-                                         cache_bytes=int(args.cache_gb * 2**30), compile=args.compile), device,
-                            args.crop_border, args.batch, degradation, args.seed)
+    upscalers = [ClipUpscaler(m.loaded, device, tile=args.tile, amp=args.amp, cache_bytes=int(args.cache_gb * 2**30),
+                              compile=args.compile) for m in models]
+    scorer = SequenceScorer(upscalers, device, args.crop_border, args.batch, degradation, args.seed)
+    collector = ReportCollector() if args.report else None
 
     from tqdm import tqdm
 
     total = None if any(j.num_frames is None for j in jobs) else sum(j.num_frames for j in jobs)
     started = time.perf_counter()
-    per_sequence: dict[str, list[list[float]]] = {}
+    per_sequence: dict[str, SequenceScores] = {}
     with tqdm(total=total, unit="frame", disable=args.quiet, file=sys.stderr) as progress:
         for index, job in enumerate(jobs):
             progress.set_description(job.name)
@@ -407,7 +441,7 @@ def main(argv=None) -> int:
                 saver = BackgroundWriter(PngFolder(Path(args.save) / job.name, job.frame_name),
                                          threads=min(4, os.cpu_count() or 1), max_pending=8)
             try:
-                per_sequence[job.name] = scorer.run(job, saver, progress, index)
+                per_sequence[job.name] = scorer.run(job, saver, progress, index, collector)
             except BaseException:
                 if saver is not None:
                     saver.abort()
@@ -416,23 +450,53 @@ def main(argv=None) -> int:
                 saver.close()
     seconds = time.perf_counter() - started
 
-    rows = summarise(per_sequence)
-    print(format_table(rows))
+    summary = summarise(per_sequence, [BICUBIC, *scorer.keys])
+    rows = json_rows(summary)
+    names = {BICUBIC: BICUBIC, **{m.key: m.label for m in models}}
+    print(format_table(rows) if len(models) == 1 else format_streams_table(summary, names))
     if args.json:
         report = {
-            "checkpoint": loaded.source, "weights_step": loaded.step, "ema": loaded.ema,
-            "model_config": {k: getattr(loaded.model_cfg, k) for k in loaded.model_cfg.__dataclass_fields__},
-            "model": loaded.identity(),  # the weights file's sha256 and the chain of models it started from
             "data": str(data), "lr": lr_origin, "scale": SCALE, "crop_border": args.crop_border,
             "limit_frames": args.limit or None, "tile": args.tile, "amp": args.amp, "device": str(device),
             "protocol": "8-bit outputs; Y = BT.601 (MATLAB rgb2ycbcr); SSIM 11x11 Gaussian sigma 1.5; "
-                        "per-sequence frame means, overall = mean of sequence means",
+                        "per-sequence frame means, overall = mean of sequence means; "
+                        + TEMPORAL_PROTOCOL,
             "seconds": round(seconds, 2),
             "rows": rows,
         }
+        if len(models) == 1:  # the keys of a one-checkpoint report, as before several could be compared
+            report.update(describe_weights(models[0].loaded))
+        report["models"] = [{"key": m.key, "label": m.label, **describe_weights(m.loaded)} for m in models]
+        report["per_frame"] = json_per_frame(per_sequence)
         write_json(Path(args.json), report)
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.report:
+        page = write_report(Path(args.report), collector, summary, names, title=f"{data} (LR: {lr_origin})")
+        print(f"wrote {page}", file=sys.stderr)
     return 0
+
+
+@dataclass
+class ModelUnderTest:
+    key: str  # in the JSON: model, or model1, model2, ...
+    label: str  # in the table and the report
+    loaded: LoadedModel
+
+
+def load_models(checkpoints: list[str], device: torch.device) -> list[ModelUnderTest]:
+    """Every --checkpoint loaded before any work (one that does not load stops the run in one line)."""
+    labels = model_labels(checkpoints)
+    models = [ModelUnderTest(key, label, load_model(checkpoint, device))
+              for key, label, checkpoint in zip(stream_keys(len(checkpoints)), labels, checkpoints)]
+    for m in models:  # after all loaded: a bad one is the only line
+        print(m.loaded.describe() if len(models) == 1 else f"{m.label}: {m.loaded.describe()}", file=sys.stderr)
+    return models
+
+
+def describe_weights(loaded: LoadedModel) -> dict:
+    return {"checkpoint": loaded.source, "weights_step": loaded.step, "ema": loaded.ema,
+            "model_config": {k: getattr(loaded.model_cfg, k) for k in loaded.model_cfg.__dataclass_fields__},
+            "model": loaded.identity()}  # the weights file's sha256 and the chain of models it started from
 
 
 def cli(argv=None) -> int:

@@ -21,6 +21,10 @@ The file is written under a temporary name and renamed when complete, so a stopp
 half-written video under OUT's name. PNG frames are named after the input frames (frame folders) or
 numbered 00000000.png, ... (videos).
 
+`--compare bicubic` writes, instead of the plain output, frames that show MATLAB's bicubic enlargement
+of the same input next to the model's output (`--compare-layout side`, twice the width, or `split` at
+the middle), labelled, as a video or PNG frames like any output (vsrpp_dist/inference/side_by_side.py).
+
 Nothing is overwritten without --overwrite: an existing video file or PNG frames in the output folder
 stop the run before any work.
 """
@@ -57,6 +61,7 @@ from .common import (
     to_uint8,
 )
 from .media import AudioCopy, Colour, SourceMedia, probe
+from .side_by_side import LAYOUTS, compare_batch
 
 PROG = "python -m vsrpp_dist.upscale"
 # suffix -> (container format, codec)
@@ -94,9 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="leave the source video's audio out (by default every audio stream is copied "
                              "unchanged)")
     add_inference_arguments(parser)
+    add_compare_arguments(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output video or PNG frames of the same names")
     return parser
+
+
+def add_compare_arguments(parser) -> None:
+    parser.add_argument("--compare", choices=("bicubic",),
+                        help="write, instead of the plain output, frames that show the bicubic enlargement next to "
+                             "the model's (labelled), to see the gain in any player")
+    parser.add_argument("--compare-layout", choices=LAYOUTS, default=None,
+                        help="with --compare: side, the two frames next to each other, twice the width (default); "
+                             "split, one frame, bicubic left of the middle and the model right of it")
 
 
 # -- input -------------------------------------------------------------------------------------------
@@ -295,6 +310,9 @@ def plan_output(path: str, overwrite: bool) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.compare_layout and not args.compare:
+        note("--compare-layout has no effect without --compare bicubic")
+    args.compare_layout = args.compare_layout or "side"
     device = resolve_device(args.device)
     seq = open_input(args.input)
     kind = plan_output(args.output, args.overwrite)
@@ -328,6 +346,8 @@ def main(argv=None) -> int:
                 frame_ids = [[index for index, _ in window] for _, window in batch]
                 lr_hw = tuple(lq_btchw.shape[-2:])
                 sr_bhwc = to_uint8(upscaler(lq_btchw, frame_ids)).permute(0, 2, 3, 1).numpy()
+                if args.compare:
+                    sr_bhwc = compare_batch(lq_btchw, sr_bhwc, loaded.model_cfg.scale, args.compare_layout, device)
                 for (index, _), frame_hwc in zip(batch, sr_bhwc):
                     sink.submit(index, np.ascontiguousarray(frame_hwc))
                 written += len(batch)
@@ -341,7 +361,8 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - started
     h, w = lr_hw
     s = loaded.model_cfg.scale
-    print(f"upscaled {written} frames {w}x{h} -> {s * w}x{s * h} in {seconds:.1f} s ({written / seconds:.3f} frames/s; "
+    compared = f" (bicubic | model, {args.compare_layout})" if args.compare else ""
+    print(f"upscaled {written} frames {w}x{h} -> {s * w}x{s * h}{compared} in {seconds:.1f} s ({written / seconds:.3f} frames/s; "
           f"{device}, batch {args.batch}, tile {args.tile or 'off'}{', amp' if args.amp else ''}) -> {out}")
     return 0
 

@@ -18,6 +18,7 @@ from ..config import Config, dump_config
 from .checkpoint import KIND_ORDER  # Events/Checkpoints: a kind's index + 1
 from .state import IntervalMeter, StepResult, TrainState
 from .telemetry import TELEMETRY_KEYS, GpuTelemetry
+from .validation import TEMPORAL_COLUMNS
 
 PHASE_NAMES = ("warm-up", "cosine", "plateau-reduced")
 
@@ -184,6 +185,8 @@ class Report:
                                      ("LR_PSNR", "LR_SSIM", "KI_PSNR", "KI_SSIM", "LR_PSNR_RGB", "LR_SSIM_RGB",
                                       "KI_PSNR_RGB", "KI_SSIM_RGB")})
         self.observer.scalars(step, {f"Quality/{k}": result[k] for k in ("LR_Quality", "KI_Quality", "Improvement")})
+        # temporal consistency: absent when no validation sequence has two frames (tOF: validation.tof)
+        self.observer.scalars(step, {f"Temporal/{k}": result[k] for k in TEMPORAL_COLUMNS if k in result})
         self.observer.info(f"validation at step {step}: KI_PSNR {result['KI_PSNR']:.3f} dB (bicubic "
                            f"{result['LR_PSNR']:.3f}, {result['Improvement']:+.3f}), KI_SSIM {result['KI_SSIM']:.4f} "
                            f"on {int(result['sequences'])} sequences / {int(result['frames'])} frames ({seconds:.1f} s)")

@@ -1,10 +1,17 @@
 """Validation on whole sequences, sharded across ranks, scored the way VSR papers score.
 
 Every frame of every sequence is restored from its 5-frame window (the edges mirrored: frame 0 sees
-frames 2, 1, 0, 1, 2). Each sequence's frames are dealt round-robin to the ranks and padded so every
-rank runs the same number of forward passes; the per-frame rows are gathered and the padding dropped,
-so no rank idles into a collective timeout. PSNR/SSIM on the BT.601 Y channel and on RGB, for the
-bicubic upscale ("LR") and the model ("KI"), averaged per sequence and then over sequences.
+frames 2, 1, 0, 1, 2). Each sequence is cut into one contiguous share of frames per rank (ceil(n /
+ranks) each, the last ones shorter); the per-frame rows are padded to the same count on every rank,
+gathered, and the padding dropped. PSNR/SSIM on the BT.601 Y channel and on RGB, for the bicubic
+upscale ("LR") and the model ("KI"), averaged per sequence and then over sequences.
+
+Temporal consistency needs consecutive frames, which is why the shares are contiguous: each rank also
+restores the frame just before its share (one extra forward pass per sequence on every rank but the
+first), so every pair of consecutive frames is scored on exactly one rank, with no images exchanged.
+TDE (vsrpp_dist/temporal_metrics.py: mean |(SR_t - SR_t-1) - (GT_t - GT_t-1)| on 8-bit Y) is always
+logged, a few tensor operations per frame; tOF (OpenCV Farneback on the CPU, two flows per frame for
+the model and bicubic plus one for GT) only with `validation.tof` (BENCHMARKS.md says what it costs).
 
 Derived figures (documented in the README):
   LR_Quality = 100 x LR_SSIM (Y), KI_Quality = 100 x KI_SSIM (Y)
@@ -23,8 +30,41 @@ from ..data.degradation import degrade_sequence
 from ..data.validation_set import ValidationSet
 from ..imresize import downscale, upscale
 from ..metrics import psnr, ssim
+from ..temporal_metrics import GroundTruthTrack, TemporalTrack
 
 COLUMNS = ("LR_PSNR", "LR_SSIM", "LR_PSNR_RGB", "LR_SSIM_RGB", "KI_PSNR", "KI_SSIM", "KI_PSNR_RGB", "KI_SSIM_RGB")
+TEMPORAL_COLUMNS = ("LR_TDE", "KI_TDE", "LR_TOF", "KI_TOF")
+# a gathered row: sequence, frame, valid (0: padding), has a previous frame, COLUMNS, TEMPORAL_COLUMNS
+ROW_HEAD = 4
+ROW_LENGTH = ROW_HEAD + len(COLUMNS) + len(TEMPORAL_COLUMNS)
+
+
+def contiguous_share(rank: int, world: int, num_frames: int) -> tuple[range, int]:
+    """The frames of a sequence this rank scores (contiguous, possibly empty) and the share every rank pads to."""
+    per_rank = -(-num_frames // world)
+    start = min(num_frames, rank * per_rank)
+    return range(start, min(num_frames, start + per_rank)), per_rank
+
+
+class SequencePairs:
+    """Temporal scores of one rank's share of a sequence, fed frames in order (the frame before the share
+    first): per frame, the TDE (and tOF) of bicubic and the model against its predecessor."""
+
+    def __init__(self, crop_border: int, with_tof: bool) -> None:
+        self.gt = GroundTruthTrack(crop_border, with_tof)
+        self.bicubic = TemporalTrack(crop_border, with_tof)
+        self.model = TemporalTrack(crop_border, with_tof)
+        self.with_tof = with_tof
+
+    def step(self, gt_u8: torch.Tensor, bicubic_u8: torch.Tensor, sr_u8: torch.Tensor) -> list[float] | None:
+        """TEMPORAL_COLUMNS of this frame's pair with the previous one fed; None for the first frame."""
+        self.gt.step(gt_u8)
+        self.bicubic.step(bicubic_u8, self.gt)
+        self.model.step(sr_u8, self.gt)
+        if self.gt.y_change is None:
+            return None
+        tof = [self.bicubic.tof[-1], self.model.tof[-1]] if self.with_tof else [0.0, 0.0]
+        return [self.bicubic.tde[-1], self.model.tde[-1], *tof]
 
 
 def window_indices(centre: int, num_frames: int, length: int = 5) -> list[int]:
@@ -93,21 +133,22 @@ class Validator:
         model.eval()
         rows = []
         for seq in self.dataset:
-            n = seq.gt.shape[0]
-            mine = list(range(rank, n, world))
-            per_rank = -(-n // world)
-            padded = mine + [mine[0] if mine else 0] * (per_rank - len(mine))
-            valid = [1.0] * len(mine) + [0.0] * (per_rank - len(mine))
-            for start in range(0, per_rank, self.cfg.batch_size):
-                frames = padded[start:start + self.cfg.batch_size]
-                rows += self._score_frames(model, seq, frames, valid[start:start + self.cfg.batch_size], step, device)
+            mine, per_rank = contiguous_share(rank, world, seq.gt.shape[0])
+            # the frame before the share: restored only as the earlier frame of the share's first pair
+            order = ([mine.start - 1] if mine and mine.start > 0 else []) + list(mine)
+            pairs = SequencePairs(self.cfg.crop_border, self.cfg.tof)
+            for start in range(0, len(order), self.cfg.batch_size):
+                frames = order[start:start + self.cfg.batch_size]
+                rows += self._score_frames(model, seq, frames, mine, pairs, step, device)
+            padding = [float(seq.index), 0.0, 0.0, 0.0] + [0.0] * (ROW_LENGTH - ROW_HEAD)
+            rows += [padding] * (per_rank - len(mine))
         model.train(was_training)
-        table = torch.tensor(rows, dtype=torch.float64, device=device).reshape(-1, 3 + len(COLUMNS))
+        table = torch.tensor(rows, dtype=torch.float64, device=device).reshape(-1, ROW_LENGTH)
         table = acc.gather(table).cpu()
         table = table[table[:, 2] > 0]
-        return self._summarise(table)
+        return self._summarise(table, self.cfg.tof)
 
-    def _score_frames(self, model, seq, frames, valid, step, device) -> list[list[float]]:
+    def _score_frames(self, model, seq, frames, mine: range, pairs: SequencePairs, step, device) -> list[list[float]]:
         n = seq.gt.shape[0]
         windows = [window_indices(f, n) for f in frames]
         gt_centre = seq.gt[frames].to(device).float().div_(255)
@@ -127,22 +168,38 @@ class Validator:
         bicubic = upscale(lq_clips[:, 2]).clamp_(0, 1)
         bicubic_scores = score(bicubic, gt_centre, self.cfg.crop_border)
         ki_scores = score(sr, gt_centre, self.cfg.crop_border)
+        gt_u8, bicubic_u8, sr_u8 = (x.mul(255).round_().to(torch.uint8) for x in (gt_centre, bicubic, sr))
         if self.accelerator.is_main_process:
             for k, frame in enumerate(frames):
-                if frame == 0 and valid[k] and seq.index < self.cfg.images:
+                if frame == 0 and seq.index < self.cfg.images:
                     grid = make_grid(torch.stack([bicubic[k], sr[k], gt_centre[k]]).cpu(), nrow=3, padding=4)
                     self.observer.image(step, f"Validation/{seq.name}", grid)
-        return [[float(seq.index), float(f), v, *[float(s[k]) for s in bicubic_scores + ki_scores]]
-                for k, (f, v) in enumerate(zip(frames, valid))]
+        rows = []
+        for k, frame in enumerate(frames):
+            temporal = pairs.step(gt_u8[k], bicubic_u8[k], sr_u8[k])
+            if frame not in mine:  # the frame before the share
+                continue
+            rows.append([float(seq.index), float(frame), 1.0, float(temporal is not None),
+                         *[float(s[k]) for s in bicubic_scores + ki_scores],
+                         *(temporal if temporal is not None else [0.0] * len(TEMPORAL_COLUMNS))])
+        return rows
 
     @staticmethod
-    def _summarise(table: torch.Tensor) -> dict[str, float]:
+    def _summarise(table: torch.Tensor, with_tof: bool = False) -> dict[str, float]:
         per_sequence: dict[int, list] = defaultdict(list)
+        pairs_per_sequence: dict[int, list] = defaultdict(list)
         for row in table.tolist():
-            per_sequence[int(row[0])].append(row[3:])
-        seq_means = torch.tensor([torch.tensor(v).mean(0).tolist() for v in per_sequence.values()], dtype=torch.float64)
+            per_sequence[int(row[0])].append(row[ROW_HEAD:ROW_HEAD + len(COLUMNS)])
+            if row[3] > 0:
+                pairs_per_sequence[int(row[0])].append(row[ROW_HEAD + len(COLUMNS):])
+        seq_means = torch.tensor([torch.tensor(v, dtype=torch.float64).mean(0).tolist() for v in per_sequence.values()], dtype=torch.float64)
         overall = seq_means.mean(0).tolist()
         result = dict(zip(COLUMNS, overall))
+        if pairs_per_sequence:  # sequences of one frame have no pair: the mean over those that do
+            pair_means = torch.tensor([torch.tensor(v, dtype=torch.float64).mean(0).tolist() for v in pairs_per_sequence.values()],
+                                      dtype=torch.float64).mean(0).tolist()
+            temporal = dict(zip(TEMPORAL_COLUMNS, pair_means))
+            result.update({k: v for k, v in temporal.items() if with_tof or not k.endswith("_TOF")})
         result["LR_Quality"] = 100 * result["LR_SSIM"]
         result["KI_Quality"] = 100 * result["KI_SSIM"]
         result["Improvement"] = result["KI_PSNR"] - result["LR_PSNR"]
