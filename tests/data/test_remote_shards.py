@@ -378,11 +378,11 @@ def test_a_server_that_is_down_at_the_start_is_retried_then_named(tmp_path):
 
 def test_evaluate_reads_a_packed_validation_set_from_http(http, val_shards, tmp_path, capsys):
     from vsrpp_dist.inference import evaluate
-    from vsrpp_dist.weights import WEIGHTS_FILE as WEIGHTS_NAME
+    from vsrpp_dist.weights import WEIGHTS_FILE
 
     from ..helpers import run, save_weights
 
-    weights = save_weights(tmp_path / WEIGHTS_NAME, seed=1)
+    weights = save_weights(tmp_path / WEIGHTS_FILE, seed=1)
     reports = {}
     for name, data in (("local", val_shards), ("http", f"{http[0]}/val")):
         rc, _, err = run(capsys, evaluate, "--checkpoint", weights, "--data", data, "--json", tmp_path / name,

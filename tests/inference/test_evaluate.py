@@ -20,7 +20,7 @@ from vsrpp_dist.imresize import downscale
 from vsrpp_dist.imresize import upscale as bicubic_x3
 from vsrpp_dist.inference import evaluate, upscale
 from vsrpp_dist.metrics import psnr
-from vsrpp_dist.weights import WEIGHTS_FILE as WEIGHTS_NAME
+from vsrpp_dist.weights import WEIGHTS_FILE
 
 from ..helpers import ROOT, OneProcess, Quiet, read_pngs, run, save_weights
 
@@ -30,7 +30,7 @@ FRAMES = 6
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_NAME, seed=1)
+    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_FILE, seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -73,7 +73,9 @@ def test_temporal_metrics_of_bicubic_equal_an_independent_computation(checkpoint
     # one checkpoint keeps the keys of earlier versions
     assert report["checkpoint"] == str(checkpoints[0]) and report["weights_step"] == 7
     assert report["models"] == [{"key": "model", "label": "model", "checkpoint": str(checkpoints[0]),
-                                 "weights_step": 7, "ema": False, "model_config": report["model_config"]}]
+                                 "weights_step": 7, "ema": False, "model_config": report["model_config"],
+                                 "model": report["model"]}]
+    assert report["model"]["sha256"] and report["model"]["provenance"] == []
 
 
 def test_several_checkpoints_give_the_rows_of_each_alone(checkpoints, gt_root, tmp_path, capsys):

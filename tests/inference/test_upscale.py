@@ -27,7 +27,7 @@ from vsrpp_dist.inference.common import (
 )
 from vsrpp_dist.model.architecture import build_model
 from vsrpp_dist.training.checkpoint import point_symlink
-from vsrpp_dist.weights import WEIGHTS_FILE as WEIGHTS_NAME
+from vsrpp_dist.weights import WEIGHTS_FILE
 from vsrpp_dist.training.validation import window_indices
 
 from ..helpers import ROOT, TINY_MODEL, read_pngs, run, save_weights
@@ -60,7 +60,7 @@ def read_video(path: Path) -> tuple[list[np.ndarray], Fraction]:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_NAME)
+    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +391,7 @@ def test_checkpoint_folder_and_symlink_work(weights, clip, tmp_path, capsys):
     run_dir = tmp_path / "run"
     folder = run_dir / "checkpoints" / "final-00000007"
     folder.mkdir(parents=True)
-    (folder / WEIGHTS_NAME).write_bytes(weights.read_bytes())
+    (folder / WEIGHTS_FILE).write_bytes(weights.read_bytes())
     (folder / "meta.json").write_text(json.dumps({"format": "vsrpp-checkpoint", "step": 7}))
     point_symlink(run_dir / "checkpoint_best", folder)
     outputs = {}

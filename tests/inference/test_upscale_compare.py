@@ -14,7 +14,7 @@ from vsrpp_dist.imresize import upscale as bicubic_x3
 from vsrpp_dist.inference import upscale
 from vsrpp_dist.inference.side_by_side import DIVIDER_PX, LABEL_BOX
 from vsrpp_dist.metrics import psnr
-from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
+from vsrpp_dist.weights import WEIGHTS_FILE
 
 from ..helpers import read_pngs, run, save_weights, write_coded_video
 
@@ -24,7 +24,7 @@ BELOW_LABEL = LABEL_BOX[0]  # rows under the corner labels hold the pictures unt
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_NAME, seed=3)
+    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_FILE, seed=3)
 
 
 @pytest.fixture(scope="module")
