@@ -251,8 +251,10 @@ def assert_loads(folder: Path) -> None:
             read_tree(file)
         elif file.suffix == ".json":
             json.loads(file.read_text())
+        elif file.name == "MODEL_CARD.md":
+            assert file.read_text().startswith("---\n")
         else:
-            raise AssertionError(f"{file.name}: a checkpoint holds only safetensors and JSON files")
+            raise AssertionError(f"{file.name}: a checkpoint holds only safetensors, JSON and its model card")
 
 
 def tmp_folders(run_dir: Path) -> list[str]:
