@@ -21,7 +21,7 @@ from vsrpp_dist.config import ConfigError, load_config
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.trackers import IDS_NAME, tracker_params
 
-from ..helpers import TINY, free_port, make_config, run, train
+from ..helpers import TINY, free_port, launch_command, launcher_env, make_config, run, train
 
 mlflow = pytest.importorskip("mlflow")
 TRACKER_FAILED = "tracker mlflow failed"
@@ -172,6 +172,23 @@ def test_wandb_offline_run_holds_the_tensorboard_curves_images_and_the_config(tr
         assert all((wandb_file.parent / "files" / name).is_file() for name in files)
 
 
+def test_resume_continues_the_same_wandb_run(train_shards, val_shards, tmp_path):
+    run_dir = tmp_path / "run"
+    trackers = ["log.trackers=[tensorboard,wandb]", "log.wandb_offline=true"]
+    _, code = train(make_config(run_dir, train_shards, val_shards, *trackers, "train.total_steps=4"))
+    assert code == 0
+    run_id = saved_ids(run_dir)["wandb"]
+    _, code = train(make_config(run_dir, train_shards, val_shards, *trackers, "train.total_steps=8"),
+                    StartRequest(resume="latest"))
+    assert code == 0
+    first, second = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))  # `wandb sync` joins them
+    runs = [[r["run"] for r in wandb_records(f) if r["type"] == "run"][0] for f in (first, second)]
+    assert [r["run_id"] for r in runs] == [run_id, run_id] and runs[1].get("resume") is True
+    steps = [sorted(r["history"]["step"]["num"] for r in wandb_records(f) if r["type"] == "history")
+             for f in (first, second)]
+    assert steps == [[1, 2, 4], [6, 8]]
+
+
 def test_unreachable_mlflow_costs_one_line_and_nothing_else(train_shards, val_shards, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
@@ -251,3 +268,23 @@ def test_parameters_are_flat_typed_and_masked():
     assert params["data.train_shards"] == "s3://bucket/train"
     assert params["data.val_shards"] == "pipe:env AWS_SECRET_ACCESS_KEY=*** aws s3 cp s3://b/val/{name} -"
     assert all(isinstance(v, (int, float, str, bool)) for v in params.values())
+
+
+@pytest.mark.slow
+def test_two_ranks_make_one_tracker_run_written_by_rank_0(train_shards, val_shards, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    done = subprocess.run(launch_command(run_dir, train_shards, val_shards, "train.total_steps=6",
+                                         "log.trackers=[tensorboard,mlflow,wandb]", "log.wandb_offline=true"),
+                          env=launcher_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 process(es)" in (run_dir / "training.log").read_text()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # to read it here, as the run's rank 0 did to write it
+    uri = (run_dir / "mlruns").as_uri()
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("vsrpp-dist").experiment_id])
+    assert run.info.run_id == saved_ids(run_dir)["mlflow"]
+    tensorboard = tensorboard_scalars(run_dir)
+    assert sorted(tensorboard["Loss/Total"]) == list(range(1, 7))
+    assert_same_curves(mlflow_curves(uri, run.info.run_id), tensorboard)
+    assert len(list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+    assert not failure_lines(run_dir)

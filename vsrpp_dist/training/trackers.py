@@ -95,6 +95,7 @@ class Trackers:
         self.report = report  # one error line per tracker that fails
         self.names = [name for name in log_cfg.trackers if name != TENSORBOARD]
         self.active: dict[str, Any] = {}  # name -> started Accelerate tracker
+        self.dropped: set[str] = set()  # failed and left out for the rest of the run
         self.seconds: dict[str, float] = {name: 0.0 for name in self.names}  # spent logging to each (benchmarks)
 
     # -- start ---------------------------------------------------------------------------------------
@@ -210,6 +211,7 @@ class Trackers:
             return call()
         except Exception as err:
             self.active.pop(name, None)
+            self.dropped.add(name)
             self.report(f"tracker {name} failed while {doing} ({describe_error(err)}); training goes on without it "
                         "for the rest of this run (--resume starts it again)")
             return None
