@@ -129,6 +129,8 @@ def test_resume_continues_the_same_mlflow_run(train_shards, val_shards, tmp_path
     # a parameter changed on resume keeps MLflow's first value, and the log says so once
     assert runs[0].data.params["train.total_steps"] == "4"
     log = (run_dir / "training.log").read_text()
+    assert f"tracker mlflow: run {first_id} started at {uri}" in log
+    assert f"tracker mlflow: run {first_id} continued at {uri}" in log
     assert log.count("mlflow: parameters are fixed once logged; the run keeps the first values of "
                      "train.total_steps") == 1
     assert not failure_lines(run_dir)

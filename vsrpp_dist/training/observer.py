@@ -99,7 +99,7 @@ class Observer:
         # TensorBoard stays this object's own writer (not Accelerate's TensorBoardTracker, a thin wrapper
         # round the same SummaryWriter): it keeps RUN/logs as it was and survives a full disk (below).
         self.tensorboard = TENSORBOARD in log.trackers
-        self.trackers = Trackers(log, run_dir, report=self.error) if is_main else None
+        self.trackers = Trackers(log, run_dir, report=self.error, inform=self.info) if is_main else None
         if is_main:
             if self.tensorboard:
                 self.writer = self._open_tensorboard()

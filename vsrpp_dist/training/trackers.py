@@ -89,10 +89,12 @@ def image_hwc_uint8(image_chw: torch.Tensor) -> np.ndarray:
 class Trackers:
     """The run's trackers other than TensorBoard; on rank 0 only (the Observer builds none elsewhere)."""
 
-    def __init__(self, log_cfg: LogConfig, run_dir: Path, report: Callable[[str], None]) -> None:
+    def __init__(self, log_cfg: LogConfig, run_dir: Path, report: Callable[[str], None],
+                 inform: Callable[[str], None] = lambda line: None) -> None:
         self.log_cfg = log_cfg
         self.run_dir = run_dir
         self.report = report  # one error line per tracker that fails
+        self.inform = inform  # where each tracker's run is
         self.names = [name for name in log_cfg.trackers if name != TENSORBOARD]
         self.active: dict[str, Any] = {}  # name -> started Accelerate tracker
         self.dropped: set[str] = set()  # failed and left out for the rest of the run
@@ -114,7 +116,10 @@ class Trackers:
                 continue
             self.active[name] = tracker
             self._guarded(name, "recording the config", lambda: self._store_params(name, tracker, params))
-        self._save_ids(saved)
+        ids = self._save_ids(saved)
+        for name, tracker in self.active.items():
+            how = "continued" if name in saved and saved[name] == ids.get(name) else "started"
+            self.inform(f"tracker {name}: run {ids.get(name, '(no id)')} {how}{self._where(name, tracker)}")
 
     def _start_one(self, name: str, run_id: str | None):
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
@@ -146,6 +151,16 @@ class Trackers:
         tracker.start()
         return tracker
 
+    @staticmethod
+    def _where(name: str, tracker) -> str:
+        if name == "mlflow":
+            import mlflow
+
+            return f" at {mask(mlflow.get_tracking_uri())}"
+        if name == "wandb" and getattr(tracker.tracker.settings, "_offline", False):
+            return " offline (`wandb sync` uploads it)"
+        return ""
+
     def _store_params(self, name: str, tracker, params: Mapping[str, Any]) -> None:
         if name == "mlflow":
             # MLflow's parameters are fixed once logged: a resumed run keeps the first values of those the
@@ -165,7 +180,7 @@ class Trackers:
         except (OSError, ValueError):
             return {}  # a run started before this file existed: its trackers start new runs
 
-    def _save_ids(self, ids: dict[str, str]) -> None:
+    def _save_ids(self, ids: dict[str, str]) -> dict[str, str]:
         """The started trackers' run ids over `ids` (a tracker that failed this time keeps its saved id)."""
         ids = dict(ids)
         for name, tracker in self.active.items():
@@ -177,6 +192,7 @@ class Trackers:
             atomic_write_text(self.run_dir / IDS_NAME, json.dumps(ids, indent=1) + "\n")
         except OSError as err:
             self.report(f"cannot write {self.run_dir / IDS_NAME} ({err}); a resumed run will start new tracker runs")
+        return ids
 
     # -- during the run --------------------------------------------------------------------------------
 
