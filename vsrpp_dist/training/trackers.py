@@ -157,7 +157,7 @@ class Trackers:
             import mlflow
 
             return f" at {mask(mlflow.get_tracking_uri())}"
-        if name == "wandb" and getattr(tracker.tracker.settings, "_offline", False):
+        if name == "wandb" and getattr(getattr(tracker.tracker, "settings", None), "_offline", False):
             return " offline (`wandb sync` uploads it)"
         return ""
 
