@@ -107,7 +107,10 @@ def summarize(results: dict[str, list[dict]], args, log_every: int) -> dict:
         rows[name] = {"s_per_step": s_per_step, "rounds_s_per_step": [r["s_per_step"] for r in runs],
                       "ratio_to_tensorboard": s_per_step / baseline,
                       "tracker_ms_per_step": 1e3 * statistics.median(inside) if inside else None,
+                      # the tracker's own time against TensorBoard alone's step: the cost free of the noise
+                      "tracker_share_of_step": statistics.median(inside) / baseline if inside else None,
                       "build_s": statistics.median(r["build_s"] for r in runs),
+                      "rounds_build_s": [r["build_s"] for r in runs],
                       "dropped": sorted({n for r in runs for n in r["dropped"]})}
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "config": args.config, "overrides": args.overrides,
             "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "log_every": log_every, "rows": rows}
@@ -117,13 +120,17 @@ def format_report(f: dict) -> str:
     lines = [f"bench trackers  {f['date']}  config {f['config']} {' '.join(f['overrides'])}".rstrip(),
              f"  {f['rounds']} rounds x {f['warmup']}+{f['steps']} steps per tracker set, scalars every "
              f"{f['log_every']} steps, no validation or checkpoints",
-             f"  {'trackers':<24}{'s/step':>9}{'x TB alone':>12}{'in tracker ms/step':>20}{'start s':>9}  rounds s/step"]
+             f"  {'trackers':<24}{'s/step':>9}{'x TB alone':>12}{'in tracker ms/step':>20}{'% of step':>11}"
+             f"{'build s':>9}  rounds s/step"]
     for name, r in f["rows"].items():
         label = "tensorboard" if name == "tensorboard" else f"tensorboard + {name}"
         inside = f"{r['tracker_ms_per_step']:.3f}" if r["tracker_ms_per_step"] is not None else "-"
+        share = f"{100 * r['tracker_share_of_step']:.2f}" if r["tracker_share_of_step"] is not None else "-"
         rounds = ", ".join(f"{s:.4f}" for s in r["rounds_s_per_step"])
-        lines.append(f"  {label:<24}{r['s_per_step']:>9.4f}{r['ratio_to_tensorboard']:>12.3f}{inside:>20}"
+        lines.append(f"  {label:<24}{r['s_per_step']:>9.4f}{r['ratio_to_tensorboard']:>12.3f}{inside:>20}{share:>11}"
                      f"{r['build_s']:>9.2f}  {rounds}")
         if r["dropped"]:
             lines.append(f"    ({', '.join(r['dropped'])} failed and was dropped in some runs: see the log above)")
+    lines.append("  build s: the Trainer's construction, trackers' start included (median; the first W&B start "
+                 "in a process also starts its service)")
     return "\n".join(lines)
