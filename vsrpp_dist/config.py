@@ -373,7 +373,8 @@ class LogConfig:
     project: str = setting("vsrpp-dist", "the trackers' project (W&B project, MLflow experiment, Comet project)")
     run_name: str = setting("", "the run's name in the trackers (empty: the run directory's name)")
     wandb_entity: str = setting("", "W&B team or user (empty: WANDB_ENTITY, else your default entity)")
-    wandb_offline: bool = setting(False, "W&B writes RUN/wandb only, `wandb sync` uploads it later (as WANDB_MODE=offline)")
+    wandb_offline: bool = setting(False, "W&B writes RUN/wandb only, `wandb sync` uploads it later "
+                                  "(as WANDB_MODE=offline)")
     mlflow_tracking_uri: str = setting("", "MLflow server or store (empty: MLFLOW_TRACKING_URI, else a file store "
                                        "in RUN/mlruns)")
 

@@ -2,9 +2,10 @@
 
 The real trainer runs the same short training (no validation, no checkpoints; step logs at the config's
 train.log_every) once per tracker set: TensorBoard alone, then TensorBoard plus each tracker named, after
-one unmeasured run. The sets alternate round by round, so a change in machine load hits all of them; the figure per set is the
-median over rounds of its s/step, quoted as a ratio to TensorBoard alone. Beside it, the seconds spent
-inside each tracker's calls (Trackers.seconds) per step: the cost itself, free of the machine's noise.
+one unmeasured run. The sets alternate round by round, so a change in machine load hits all of them;
+the figure per set is the median over rounds of its s/step, quoted as a ratio to TensorBoard alone.
+Beside it, the seconds spent inside each tracker's calls (Trackers.seconds) per step, and their share of
+TensorBoard alone's step: the cost itself, which the machine's load barely touches.
 MLflow logs to a file store in the run directory and W&B offline (what a test can reach), so the figures
 are the libraries' own client-side cost, without a network round trip.
 """
