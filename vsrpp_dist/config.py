@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -382,6 +383,31 @@ class TrainConfig:
     memory_fraction: float = setting(0.0, "cap this process's CUDA memory to this fraction (0: no cap)", min=0.0, max=1.0)
 
 
+# The experiment trackers Accelerate speaks to (accelerate.tracking); `tensorboard` is the Observer's own writer.
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    trackers: tuple[str, ...] = setting(("tensorboard",), "where scalars (and images, where the tracker takes them) "
+                                        "go, a list: " + ", ".join(TRACKERS), choices=TRACKERS)
+    project: str = setting("vsrpp-dist", "the trackers' project (W&B project, MLflow experiment, Comet project)")
+    run_name: str = setting("", "the run's name in the trackers (empty: the run directory's name)")
+    wandb_entity: str = setting("", "W&B team or user (empty: WANDB_ENTITY, else your default entity)")
+    wandb_offline: bool = setting(False, "W&B writes RUN/wandb only, `wandb sync` uploads it later "
+                                  "(as WANDB_MODE=offline)")
+    mlflow_tracking_uri: str = setting("", "MLflow server or store (empty: MLFLOW_TRACKING_URI, else a file store "
+                                       "in RUN/mlruns)")
+
+    def __post_init__(self) -> None:
+        uri = urllib.parse.urlsplit(self.mlflow_tracking_uri)
+        if uri.username or uri.password or uri.query:
+            # as for data locations: the config is copied into RUN/config.yaml, the log and every checkpoint
+            raise ConfigError("mlflow_tracking_uri: credentials do not belong in the config (it is written into "
+                              "RUN/config.yaml and every checkpoint); set MLFLOW_TRACKING_USERNAME and "
+                              "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN), or MLFLOW_TRACKING_URI")
+
+
 @dataclass(frozen=True)
 class Config:
     run: RunConfig = dataclasses.field(default_factory=RunConfig, metadata={"doc": "where and with which seed"})
@@ -402,6 +428,7 @@ class Config:
     init: InitConfig = dataclasses.field(default_factory=InitConfig, metadata={"doc": "start from existing weights"})
     autotune: AutotuneConfig = dataclasses.field(default_factory=AutotuneConfig, metadata={"doc": "auto-tune"})
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata={"doc": "the training loop"})
+    log: LogConfig = dataclasses.field(default_factory=LogConfig, metadata={"doc": "experiment trackers"})
 
     def __post_init__(self) -> None:
         ck = self.checkpoint
@@ -428,14 +455,15 @@ def _is_config_class(tp: Any) -> bool:
 def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> Any:
     """Convert a YAML or command-line value to the field's type, or raise naming the key."""
     origin = typing.get_origin(tp)
-    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # a list: YAML's, or "a,b" on the command line
+    if origin is tuple and typing.get_args(tp)[1:] == (Ellipsis,):  # a list: [a, b] or "a,b"
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        items = tuple(_coerce(key, v, typing.get_args(tp)[0], meta) for v in value)
-        if len(set(items)) != len(items):
-            raise ConfigError(f"{key}: {list(items)} names an entry twice")
+        items = tuple(_coerce(key, item, typing.get_args(tp)[0], meta) for item in value)
+        twice = sorted({item for item in items if items.count(item) > 1})
+        if twice:
+            raise ConfigError(f"{key}: {twice[0]} is named twice")
         return items
     if origin is tuple:  # a range: [low, high], each end within the field's bounds, low <= high
         args = typing.get_args(tp)

@@ -55,8 +55,9 @@ def main(argv=None) -> int:
     finally:
         trainer.close()
     if trainer.accelerator.is_main_process:
-        print(f"run directory: {trainer.run_dir}\n  watch it:  tensorboard --logdir {trainer.run_dir / 'logs'}",
-              file=sys.stderr)
+        watch = (f"\n  watch it:  tensorboard --logdir {trainer.run_dir / 'logs'}"
+                 if "tensorboard" in cfg.log.trackers else "")
+        print(f"run directory: {trainer.run_dir}{watch}", file=sys.stderr)
     return code
 
 

@@ -6,6 +6,7 @@
     python -m vsrpp_dist.bench finetune --frames DIR [--base-steps N] [--steps N] [--parts LIST]
     python -m vsrpp_dist.bench degradation [--config CONFIG] [--rounds N] [key.sub=value ...]
     python -m vsrpp_dist.bench upscale --config CONFIG|--checkpoint C [--size WxH] [--frames N] [--tile N]
+    python -m vsrpp_dist.bench trackers [--config CONFIG] [--trackers mlflow,wandb] [--rounds N] [key.sub=value ...]
 
 `step` (vsrpp_dist/tools/bench_step.py): the trainer's step against a bare PyTorch loop.
 `quality` (vsrpp_dist/tools/bench_quality.py): alignment variants at equal wall-clock, scored on held-out
@@ -16,6 +17,8 @@ real-world recipe, the alignment upgrade) against the same steps from scratch, o
 bicubic in the loader, on the device and in the training step.
 `upscale` (vsrpp_dist/tools/bench_upscale.py): inference frames/s and FLOPs per output frame with the
 per-frame cache on and off, side by side.
+`trackers` (vsrpp_dist/tools/bench_trackers.py): what logging to each experiment tracker costs per step,
+next to TensorBoard alone.
 
 `loader`: how many 5-frame training clips one CPU core delivers from our shards, side
 by side in the same process with a BasicSR-style loader reading the same frames from a folder of PNG
@@ -59,7 +62,7 @@ import torch
 from ..cli import OneLineParser, int_at_least, run_cli
 from ..config import SCALE
 from ..errors import BenchError
-from . import bench_degradation, bench_finetune, bench_quality, bench_step, bench_upscale
+from . import bench_degradation, bench_finetune, bench_quality, bench_step, bench_trackers, bench_upscale
 
 PROG = "python -m vsrpp_dist.bench"
 CLIP_FRAMES = 5
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_finetune.add_parser(commands)
     bench_degradation.add_parser(commands)
     bench_upscale.add_parser(commands)
+    bench_trackers.add_parser(commands)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Rank-0 side effects behind one object: training.log, training_status.txt, TensorBoard, progress bar.
+"""Rank-0 side effects behind one object: training.log, training_status.txt, TensorBoard, the other
+experiment trackers (trackers.py), progress bar.
 
 On other ranks the same object does nothing except pass warnings and errors to stderr (tagged with the
 rank), so call sites never branch on rank, and no collective ever sits behind an `is_main` check.
@@ -15,7 +16,9 @@ from typing import Any, Mapping
 
 import torch
 
+from ..config import Config, LogConfig
 from ..files import atomic_write_text
+from .trackers import TENSORBOARD, Trackers, tracker_params
 
 LOG_NAME = "training.log"
 STATUS_NAME = "training_status.txt"
@@ -61,7 +64,7 @@ class LogFileHandler(logging.FileHandler):
 
 class Observer:
     def __init__(self, run_dir: Path, *, rank: int, is_main: bool, total_steps: int,
-                 progress_bar: bool | None = None) -> None:
+                 progress_bar: bool | None = None, log: LogConfig = LogConfig()) -> None:
         self.run_dir = run_dir
         self.rank = rank
         self.is_main = is_main
@@ -93,8 +96,13 @@ class Observer:
         self.disk_trouble: set[str] = set()  # files that could not be written (reported once per outage)
         self._tb_retry_at = 0.0
         self._closed = False
+        # TensorBoard stays this object's own writer (not Accelerate's TensorBoardTracker, a thin wrapper
+        # round the same SummaryWriter): it keeps RUN/logs as it was and survives a full disk (below).
+        self.tensorboard = TENSORBOARD in log.trackers
+        self.trackers = Trackers(log, run_dir, report=self.error, inform=self.info) if is_main else None
         if is_main:
-            self.writer = self._open_tensorboard()
+            if self.tensorboard:
+                self.writer = self._open_tensorboard()
             if progress_bar is None:
                 progress_bar = sys.stderr.isatty()
             if progress_bar:
@@ -137,7 +145,8 @@ class Observer:
         return SummaryWriter(log_dir=str(self.run_dir / TB_DIR))
 
     def _tensorboard(self):
-        if self.writer is None and self.is_main and not self._closed and time.monotonic() >= self._tb_retry_at:
+        if (self.writer is None and self.is_main and self.tensorboard and not self._closed
+                and time.monotonic() >= self._tb_retry_at):
             try:
                 self.writer = self._open_tensorboard()
             except OSError as err:
@@ -164,7 +173,16 @@ class Observer:
             self.disk_trouble.discard(what)
             self.warn(f"{what}: written again", all_ranks=False)
 
+    def start_trackers(self, cfg: Config, *, resume: bool) -> None:
+        """Start the trackers other than TensorBoard with the run's (masked) config as parameters; on resume
+        they continue the tracker runs this run directory started."""
+        if self.trackers is not None:
+            self.trackers.start(tracker_params(cfg), resume=resume)
+
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Every tracker gets the same tags at the same step."""
+        if self.trackers is not None:
+            self.trackers.log(step, values)
         writer = self._tensorboard()
         if writer is None:
             return
@@ -175,6 +193,8 @@ class Observer:
             self._write_failed("TensorBoard events", err)
 
     def image(self, step: int, tag: str, image_chw: torch.Tensor) -> None:
+        if self.trackers is not None:
+            self.trackers.log_image(step, tag, image_chw)
         writer = self._tensorboard()
         if writer is None:
             return
@@ -218,6 +238,8 @@ class Observer:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if self.trackers is not None:
+            self.trackers.finish()
         if self.writer is not None:
             try:
                 self.writer.close()

@@ -38,6 +38,7 @@ from .observer import Observer
 from .recovery import Recovery, peer_gone_reason
 from .report import Report, log_batch_plan, log_start
 from .run_dir import StartRequest
+from .trackers import require_installed
 from .runtime import memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
 from .initial_weights import describe as describe_initial
 from .initial_weights import load_into, match, model_shapes, read_initial_weights
@@ -50,6 +51,7 @@ from .wrapping import BranchActivity
 class Trainer:
     def __init__(self, cfg: Config, request: StartRequest = StartRequest(), *, interactive: bool | None = None) -> None:
         self.cfg = cfg
+        require_installed(cfg.log.trackers)  # before anything is made: a missing library costs one line
         memoise_accelerate_package_checks()
         self.device_plan = plan_device(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
         self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)
@@ -64,8 +66,9 @@ class Trainer:
         init_report = match(cfg, initial) if initial is not None else None
         start = prepare_run_dir(cfg, self.run_dir, start, acc)
         self.observer = Observer(self.run_dir, rank=acc.process_index, is_main=acc.is_main_process,
-                                 total_steps=cfg.train.total_steps)
+                                 total_steps=cfg.train.total_steps, log=cfg.log)
         log_start(self.observer, cfg, acc, self.device_plan, start, self.run_dir)
+        self.observer.start_trackers(cfg, resume=start.mode == "resume")
 
         batch_size_per_gpu, activation_checkpointing = profile_settings(cfg, self.device_plan)
         channels_last = cfg.train.channels_last
