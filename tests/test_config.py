@@ -15,16 +15,20 @@ def test_configs_folder_has_the_promised_files():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_config_file_loads(path):
+def test_every_config_file_loads(path, tmp_path):
     cfg = load_config(path)
     assert isinstance(cfg, Config)
     # the dumped YAML loads back to the same tree
-    again = path.parent / "__roundtrip__.yaml"
-    try:
-        again.write_text(dump_config(cfg))
-        assert load_config(again) == cfg
-    finally:
-        again.unlink()
+    again = tmp_path / "roundtrip.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg
+
+
+def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_config("configs/demo.yaml") == load_config("demo") == load_config(CONFIGS[0].parent / "demo.yaml")
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found .shipped configs, by name: 6gb, default"):
+        load_config("nope.yaml")
 
 
 def test_overrides_apply_with_types():

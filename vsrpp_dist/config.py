@@ -29,6 +29,10 @@ def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float 
     return dataclasses.field(default=default, metadata=meta)
 
 
+# The shipped configs (default, 6gb, demo, realistic, finetune, tiny): package data, so they are there in
+# an installed wheel as in the repository (whose configs/ links here).
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
 # The upscaling factor of everything here: the architecture (VSRBidirectional_3x), the shards' LR/GT
 # geometry, the degradation and the metrics. The one definition; ModelConfig.scale records it.
 SCALE = 3
@@ -572,13 +576,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def shipped_config(path: Path) -> Path:
+    """`path` itself when it is a file; else, for `configs/NAME.yaml` or a bare `NAME` (`--config demo`),
+    the shipped config of that name, so an installed package finds its configs from any folder."""
+    if path.is_file():
+        return path
+    if path.parent in (Path("."), Path("configs")):
+        for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    shipped = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"{path}: config file not found (shipped configs, by name: {shipped})")
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config (or the defaults), apply `key.sub=value` overrides, validate everything."""
     tree: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
+        path = shipped_config(Path(path))
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:

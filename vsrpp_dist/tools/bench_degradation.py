@@ -22,17 +22,16 @@ from pathlib import Path
 import torch
 
 from ..cli import int_at_least
-from ..config import load_config
+from ..config import CONFIG_DIR, load_config
 from .bench_step import _demo_shards, timing_overrides, trainer_loop
 
-ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("bicubic", "realistic")
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("degradation", help="realistic vs bicubic degradation: loader clips/s/core, "
                                                   "device ms/batch, trainer s/iter and data wait, one run")
-    p.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="training config (default: demo)")
+    p.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"), help="training config (default: demo)")
     p.add_argument("--shards", help="training shards (default: the config's, else small demo shards made here)")
     p.add_argument("--clips", type=int_at_least(4), default=64, help="clips per loader measurement")
     p.add_argument("--batches", type=int_at_least(2), default=10, help="batches per device measurement")

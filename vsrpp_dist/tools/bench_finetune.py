@@ -30,8 +30,9 @@ import sys
 from pathlib import Path
 
 from ..cli import int_at_least
+from ..config import CONFIG_DIR
 from ..errors import BenchError
-from .bench_quality import ROOT, prepare_data, run_training, split_video_frames, trained_seconds
+from .bench_quality import TRAIN_SCRIPT, prepare_data, run_training, split_video_frames, trained_seconds
 
 PARTS = ("own", "realistic", "alignment")
 FINETUNE_RECIPE = ["optim.lr_peak=1e-4", "optim.warmup_steps=10"]
@@ -41,7 +42,7 @@ DEGRADATION_SEED = 1
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("finetune", help="starting from a trained model: own footage, the two-stage "
                                                "real-world recipe, the alignment upgrade, scored on held-out footage")
-    p.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="training config (default: demo)")
+    p.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"), help="training config (default: demo)")
     p.add_argument("--frames", required=True, help="a folder of consecutive real video frames (75 %% own footage, "
                                                    "25 %% held out)")
     p.add_argument("--stride", type=int_at_least(1), default=3, help="take every N-th frame of --frames")
@@ -60,7 +61,7 @@ def train(args, work: Path, name: str, shards: Path, steps: int, extra: list[str
     if (run_dir / "checkpoint_latest").exists() and f"finished: step {steps}," in (run_dir / "training.log").read_text():
         say(f"{name}: reusing the finished run in {run_dir}")
         return run_dir
-    cmd = [sys.executable, str(ROOT / "vsrpp_dist" / "train.py"), "--config", args.config, f"run.dir={run_dir}",
+    cmd = [sys.executable, str(TRAIN_SCRIPT), "--config", args.config, f"run.dir={run_dir}",
            f"run.seed={args.seed}", f"data.train_shards={shards}", "data.val_shards=", f"train.total_steps={steps}",
            "train.log_every=50", "checkpoint.rolling_every=0", "checkpoint.regular_every=0", "validation.every=0",
            *args.overrides, *extra, "--fresh"]

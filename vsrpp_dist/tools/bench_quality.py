@@ -38,9 +38,10 @@ import time
 from pathlib import Path
 
 from ..cli import int_at_least
+from ..config import CONFIG_DIR
 from ..errors import BenchError
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/ lives there)
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"  # what `accelerate launch` runs
 ALL_VARIANTS = ("implicit", "flow", "flow_deform")
 TRAIN_PHOTOS = ("astronaut", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "colorwheel")
 HELD_OUT_PHOTOS = ("coffee", "chelsea")
@@ -51,7 +52,7 @@ HELD_OUT_PHOTOS = ("coffee", "chelsea")
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("quality", help="alignment variants at equal wall-clock: params, FLOPs, s/iter, "
                                               "held-out Y-PSNR/SSIM vs bicubic")
-    p.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="training config (default: demo)")
+    p.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"), help="training config (default: demo)")
     p.add_argument("--variants", default=",".join(ALL_VARIANTS), help="model.alignment values, comma-separated")
     p.add_argument("--seeds", default="0", help="run seeds, comma-separated (each variant once per seed)")
     p.add_argument("--minutes", type=float, default=4.0, help="training budget per run (wall clock)")
@@ -128,7 +129,7 @@ def split_video_frames(folder: Path, stride: int, train: Path, held_out: Path) -
 
 def train_command(config: str, run_dir: Path, shards: Path, variant: str, seed: int, steps: int,
                   overrides: list[str], extra: list[str]) -> list[str]:
-    return [sys.executable, str(ROOT / "vsrpp_dist" / "train.py"), "--config", config,
+    return [sys.executable, str(TRAIN_SCRIPT), "--config", config,
             f"run.dir={run_dir}", f"run.seed={seed}", f"data.train_shards={shards}", "data.val_shards=",
             f"model.alignment={variant}", f"train.total_steps={steps}", *overrides, *extra, "--fresh"]
 

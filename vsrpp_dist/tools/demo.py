@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 
 from ..cli import OneLineParser, run_cli
-from ..config import load_config
+from ..config import CONFIG_DIR, load_config
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository (configs/ lives there)
-DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
 
 # Footage sizes: 8 training sequences of 40 frames at 180x240, 2 validation sequences of 10 frames.
 TRAIN_SEQUENCES, TRAIN_FRAMES, TRAIN_HW = 8, 40, (180, 240)
@@ -53,7 +52,10 @@ def prepare_data(data_dir: Path, say=print) -> tuple[Path, Path]:
 
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m vsrpp_dist.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(ROOT / "data" / "demo"), help="where demo frames and shards go")
+    # Everything the demo writes lands where the user is (data/demo, the config's runs/demo), never beside
+    # the package (that is site-packages once installed).
+    parser.add_argument("--data", default="data/demo", help="where demo frames and shards go (default: data/demo "
+                                                             "in the current folder)")
     parser.add_argument("--config", default=str(DEMO_CONFIG), help="training config (default: configs/demo.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
     args = parser.parse_args(argv)
@@ -79,8 +81,7 @@ def main(argv=None) -> int:
           f"  run directory: {trainer.run_dir}\n"
           f"  watch it:      tensorboard --logdir {trainer.run_dir / 'logs'}\n"
           f"  status:        cat {trainer.run_dir / 'training_status.txt'}\n"
-          f"  repeat it:     accelerate launch vsrpp_dist/train.py --config {Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config} "
-          + " ".join(overrides) + " --fresh", file=sys.stderr)
+          f"  repeat it:     vsrpp train --config {args.config} " + " ".join(overrides) + " --fresh", file=sys.stderr)
     return code
 
 
