@@ -1,5 +1,6 @@
 """The config tree: every file in configs/ loads, overrides apply, bad keys and values are refused."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -86,7 +87,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_config_is_frozen():
     cfg = load_config()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.model.channels = 3  # type: ignore[misc]
 
 

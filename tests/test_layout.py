@@ -126,3 +126,15 @@ def test_the_scale_is_defined_once():
     assert VSRBidirectional_3x.scale == ModelConfig().scale == shard_format.SCALE == SCALE == 3
     source = "\n".join(p.read_text() for p in PACKAGE.rglob("*.py"))
     assert source.count("SCALE = 3") == 1
+    # and no literal 3 stands for it: a 3 multiplying or dividing a patch, LR/GT size or tile is the scale
+    literal = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.FloorDiv, ast.Div)):
+                sides = (node.left, node.right)
+                if any(isinstance(s, ast.Constant) and s.value == 3 for s in sides):
+                    other = " ".join(ast.get_source_segment(text, s) or "" for s in sides).lower()
+                    if any(word in other for word in ("patch", "tile", "lr_", "lq", "gt_")):
+                        literal.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {ast.get_source_segment(text, node)}")
+    assert not literal, "use SCALE:\n" + "\n".join(literal)

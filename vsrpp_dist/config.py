@@ -637,14 +637,6 @@ def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
 
 
-def replace(cfg: Config, **sections: Any) -> Config:
-    """A copy of cfg with `section={field: value}` replaced, validated like any other config."""
-    tree = config_to_dict(cfg)
-    for section, values in sections.items():
-        tree[section].update(values)
-    return _build(Config, tree, "")
-
-
 def describe(cls: type = Config, prefix: str = "", defaults: Any = None) -> list[str]:
     """One line per key: name, default and doc (for `--help-config`)."""
     lines = []

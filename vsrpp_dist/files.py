@@ -1,4 +1,5 @@
-"""Writing a file so that readers see the old one or the new one, never half of one."""
+"""Writing a file so that readers see the old one or the new one, never half of one; and the machine's
+usable cores (the one place they are counted)."""
 
 from __future__ import annotations
 
@@ -32,8 +33,26 @@ def atomic_write_text(path: str | Path, text: str, *, durable: bool = False, tem
         tmp.unlink(missing_ok=True)
         raise
     if durable:
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the renames in `folder` durable; where a folder cannot be opened for that (some platforms),
+    the renames are still atomic and this does nothing."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, which a batch scheduler sets), not the
+    machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

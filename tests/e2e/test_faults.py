@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from vsrpp_dist.data import shard_format as fmt
 from vsrpp_dist.data.stream import EpochPlan

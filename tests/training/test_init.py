@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from vsrpp_dist.config import ConfigError
+from vsrpp_dist.errors import CheckpointError
 from vsrpp_dist.inference.common import load_model
-from vsrpp_dist.model.architecture import build_model, module_group
+from vsrpp_dist.model.architecture import module_group
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.state_files import read_tree
 from vsrpp_dist.training.trainer import Trainer
@@ -342,7 +343,7 @@ def test_resume_never_unpickles_and_refuses_a_damaged_generator_file(base_run, t
     data[-3] ^= 0x10
     rng.write_bytes(bytes(data))
     reset_accelerate()
-    with pytest.raises(Exception) as err:
+    with pytest.raises(CheckpointError) as err:
         Trainer(make_config(run_dir, train_shards, val_shards, *args), StartRequest(resume=str(newest)),
                 interactive=False)
     assert "rng_state_0.safetensors is damaged" in str(err.value) and "\n" not in str(err.value)
@@ -367,7 +368,7 @@ def test_a_checkpoint_in_accelerates_pickle_format_is_refused_not_unpickled(base
     (newest / "training_state.safetensors").unlink()
     with open(newest / "custom_checkpoint_0.pkl", "wb") as handle:
         pickle.dump(RunsCode(marker), handle)
-    with pytest.raises(Exception) as err:
+    with pytest.raises(CheckpointError) as err:
         Trainer(make_config(run_dir, train_shards, val_shards, "train.total_steps=6", "ema.enabled=true"),
                 StartRequest(resume=str(newest)), interactive=False)
     message = str(err.value)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..cli import OneLineParser, int_at_least
 from ..errors import PackError
+from ..files import usable_cores
 from .locations import Location, LocationError, RemoteReadError
 from .packer import (
     MIN_FRAMES,
@@ -92,11 +93,7 @@ def parse_size(text: str) -> int:
 
 
 def default_workers() -> int:
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8))
+    return max(1, min(usable_cores(), 8))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ sequence its index and every sample its key and JSON there. Two things follow fr
   the sequences that were packed stay contiguous.
 
 Shards are written as `NAME.tar.partial` and only renamed by `ShardSink.commit()`, after every
-sequence is in; the manifest follows last (pack.py). An interrupted pack leaves only `.partial` files.
+sequence is in; the manifest follows last (pack_command.py). An interrupted pack leaves only `.partial` files.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_write_text
+from ..files import atomic_write_text, fsync_folder
 from .shard_format import (
     DEFAULT_CODEC,
     PARTIAL_SUFFIX,
@@ -483,7 +483,7 @@ class ShardSink:
                 raise FileExistsError(f"{shard.final} appeared while packing; not overwriting it")
         for shard in self.shards:
             os.rename(shard.partial, shard.final)
-        _fsync_dir(self.out)
+        fsync_folder(self.out)
         return self._entries()
 
     def _entries(self) -> list[dict]:
@@ -493,17 +493,6 @@ class ShardSink:
 
 def _padded(size: int) -> int:
     return -(-size // _TAR_BLOCK) * _TAR_BLOCK
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not possible on every platform; the renames are still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_json_atomically(path: Path, obj) -> None:

@@ -2,7 +2,7 @@
 tiled inference over a stream of frames.
 
 Windows. Frame i is restored from frames i-2..i+2, mirrored at the sequence ends exactly as in
-validation (`validate.window_indices`: frame 0 sees 2, 1, 0, 1, 2). Frames arrive one at a time from a
+validation (`training.validation.window_indices`: frame 0 sees 2, 1, 0, 1, 2). Frames arrive one at a time from a
 decoder and sit in a sliding buffer that holds only what the next batch of windows needs (batch + 4
 frames), so a two-hour video never sits in memory whole. The end of the sequence is known only when
 the decoder runs dry; until then no window reaches past the last frame read, so none needs mirroring.
@@ -324,9 +324,6 @@ class FrameCache:
             for key in [k for k in store if k[0] == region and k[1] not in keep]:
                 del store[key]
 
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for store in (self.features, self.flows) for t in store.values())
-
 
 class CompiledOrEager:
     """`fn` through torch.compile, falling back to `fn` itself, with one note, when compiling fails (no
@@ -489,7 +486,7 @@ def to_uint8(sr_bchw: torch.Tensor) -> torch.Tensor:
 
 def sliding_windows(items: Iterable[T], batch_size: int, length: int = 5) -> Iterator[list[tuple[int, list[T]]]]:
     """Batches of (centre index, the `length` items of its window), in order, mirrored at both ends
-    like `validate.window_indices`. Reads `items` lazily and holds at most batch_size + length - 1 of
+    like `training.validation.window_indices`. Reads `items` lazily and holds at most batch_size + length - 1 of
     them; yields nothing for an empty stream."""
     half = length // 2
     iterator = iter(items)

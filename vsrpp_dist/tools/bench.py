@@ -62,6 +62,7 @@ import torch
 from ..cli import OneLineParser, int_at_least, run_cli
 from ..config import SCALE
 from ..errors import BenchError
+from ..files import usable_cores
 from . import bench_degradation, bench_finetune, bench_quality, bench_step, bench_trackers, bench_upscale
 
 PROG = "python -m vsrpp_dist.bench"
@@ -170,13 +171,6 @@ def _dispatch(argv: list[str] | None) -> int:
 
 
 # -- the machine -------------------------------------------------------------------------------------
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def load_average() -> list[float]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..cli import int_at_least
-from ..config import CONFIG_DIR, load_config
+from ..config import CONFIG_DIR, SCALE, load_config
 from .bench_step import _demo_shards, timing_overrides, trainer_loop
 
 KINDS = ("bicubic", "realistic")
@@ -115,7 +115,7 @@ def format_report(f: dict) -> str:
     m = f["median"]
     b, r = m["bicubic"], m["realistic"]
     lines = [f"bench degradation  {f['date']}  {f['config']} {' '.join(f['overrides'])}  device {f['device']}, "
-             f"{f['threads']} threads, batch {f['batch_size']} x {3 * f['lr_patch']} px GT, "
+             f"{f['threads']} threads, batch {f['batch_size']} x {SCALE * f['lr_patch']} px GT, "
              f"{f['workers']} loader workers; medians of {len(f['rounds']['bicubic']['loader'])} rounds",
              f"{'':28}{'bicubic':>12}{'realistic':>12}{'ratio':>8}",
              f"{'loader clips/s (1 core)':28}{b['loader']:12.1f}{r['loader']:12.1f}{r['loader'] / b['loader']:8.2f}",

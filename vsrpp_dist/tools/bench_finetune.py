@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from ..cli import int_at_least
-from ..config import CONFIG_DIR
+from ..config import CONFIG_DIR, SCALE
 from ..errors import BenchError
 from .bench_quality import TRAIN_SCRIPT, prepare_data, run_training, split_video_frames, trained_seconds
 
@@ -113,7 +113,7 @@ def run(args) -> int:
     own_shards, video_held_out = work / "own" / "shards", work / "own" / "held_out"
     if not (own_shards / "manifest.json").is_file():
         split_video_frames(frames, args.stride, work / "own" / "frames", video_held_out)
-        min_tile = max(96, 3 * base_cfg.data.lr_patch_size)
+        min_tile = max(96, SCALE * base_cfg.data.lr_patch_size)
         if pack([str(work / "own" / "frames"), str(own_shards), "--min-tile", str(min_tile),
                  "--frames-per-sample", "10"]) != 0:
             raise RuntimeError("packing the own-footage set failed (see above)")

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 from ..cli import int_at_least
-from ..config import CONFIG_DIR
+from ..config import CONFIG_DIR, SCALE
 from ..errors import BenchError
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"  # what `accelerate launch` runs
@@ -80,7 +80,7 @@ def prepare_data(work: Path, frames: str | None, stride: int, speed: float, lr_p
 
     shards, held_out_root = work / "shards" / "train", work / "held_out"
     marker = work / "data-complete.json"
-    min_tile = max(96, 3 * lr_patch)
+    min_tile = max(96, SCALE * lr_patch)
     frame_h = max(180, min_tile + 36)
     frame_hw = (frame_h, frame_h // 3 * 4)
     recipe = {"frames": str(frames) if frames else None, "stride": stride, "speed": speed, "min_tile": min_tile}

@@ -141,8 +141,8 @@ def _demo_shards(folder: Path, lr_patch: int) -> Path:
     from ..data.pack_command import main as pack
     from .demo_data import write_frame_folders
 
-    tile = max(96, 3 * lr_patch)
-    write_frame_folders(folder / "frames", sequences=4, frames=20, frame_hw=(tile, tile + 3 * 8), seed=3)
+    tile = max(96, SCALE * lr_patch)
+    write_frame_folders(folder / "frames", sequences=4, frames=20, frame_hw=(tile, tile + SCALE * 8), seed=3)
     out = folder / "shards"
     if pack([str(folder / "frames"), str(out), "--min-tile", str(tile), "--frames-per-sample", "10", "--quiet"]) != 0:
         raise RuntimeError("packing the benchmark's demo shards failed")

@@ -44,7 +44,7 @@ LATEST_LINK = "checkpoint_latest"
 BEST_LINK = "checkpoint_best"
 TMP_PREFIX = ".tmp-"
 KIND_ORDER = ("rolling", "best", "regular", "final", "emergency")  # later = more durable name
-NAME_RE = re.compile(r"^(rolling|best|regular|final|emergency)-(\d{8,})(?:-(\d+))?$")
+NAME_RE = re.compile(rf"^({'|'.join(KIND_ORDER)})-(\d{{8,}})(?:-(\d+))?$")
 
 
 class CheckpointContents:

@@ -48,8 +48,8 @@ def render(cfg: Config, *, step: int, parameters: int, ema: bool, provenance: li
              f"upsampling channels {m.upsample_channels}",
              f"- alignment: {m.alignment}" + (f" (flow network {m.flow_channels} channels, {m.flow_levels} levels, "
                                               f"flows up to {m.max_flow:g} LR px)" if m.alignment != "implicit" else ""),
-             f"- the full architecture is the `model_config` in the weights file's metadata; "
-             f"`vsrpp upscale --checkpoint THIS_FOLDER` builds it", "",
+             "- the full architecture is the `model_config` in the weights file's metadata; "
+             "`vsrpp upscale --checkpoint THIS_FOLDER` builds it", "",
              "## Training", "",
              f"- steps: {step} of {cfg.train.total_steps}; {cfg.data.batch_size_per_gpu} clips per GPU, LR patches "
              f"{cfg.data.lr_patch_size}x{cfg.data.lr_patch_size}; peak learning rate {cfg.optim.lr_peak:g}, "

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..files import usable_cores
+
 SMALL_GPU_GB = 8.0  # a single GPU this small gets the 6 GB profile under profile=auto
 SIX_GB = 6 * 2**30
 
@@ -56,7 +58,7 @@ def cpu_threads() -> int | None:
     1 thread 16.2 (BENCHMARKS.md). More threads than cores per rank only slow every step."""
     if "OMP_NUM_THREADS" in os.environ:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, cores // local_ranks)
 
