@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .masking import mask_tree
 
 
 def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
@@ -550,8 +551,14 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def recorded_config(cfg: Any) -> dict[str, Any]:
+    """The tree as it is written down (RUN/config.yaml, training.log, checkpoint metadata, trackers):
+    credentials in any value masked (masking.mask), since these files are shared and copied."""
+    return mask_tree(config_to_dict(cfg))
+
+
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(recorded_config(cfg), sort_keys=False)
 
 
 def replace(cfg: Config, **sections: Any) -> Config:

@@ -38,6 +38,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import ShardFormatError
+from ..masking import mask
 
 # Blocks read per call: a stream (local, http, pipe) is read in small blocks; each read of an object
 # store is one ranged GET, so larger blocks there keep the request count and its latency down.
@@ -75,17 +76,7 @@ class RemoteReadError(OSError):
         return self.message
 
 
-# -- secrets never reach a message -------------------------------------------------------------------
-
-_SECRET_NAME = r"[A-Za-z0-9_.-]*(?:secret|token|password|passwd|key|credential|signature|auth)[A-Za-z0-9_.-]*"
-
-
-def mask(text: str) -> str:
-    """`text` with URL user-info, query values and NAME=value pairs whose name sounds secret replaced by ***."""
-    text = re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
-    text = re.sub(r"([?&][^=&\s]+=)[^&\s#'\"]+", r"\1***", text)
-    return re.sub(rf"(\b{_SECRET_NAME}=)[^\s'\"&]+", r"\1***", text, flags=re.IGNORECASE)
-
+# -- secrets never reach a message: masking.mask, re-exported here for the data layer's callers ------
 
 # -- the retry policy --------------------------------------------------------------------------------
 

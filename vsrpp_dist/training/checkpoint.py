@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from .. import __version__
-from ..config import config_to_dict
+from ..config import config_to_dict, recorded_config
 from ..errors import CheckpointError, CheckpointWriteError
 from .run_dir import CHECKPOINTS
 
@@ -69,7 +69,7 @@ class CheckpointContents:
                 "ema": self.ema.enabled, "step": self.state.step}
 
     def description(self) -> dict:
-        return {"config": config_to_dict(self.cfg), "world_size": self.accelerator.num_processes,
+        return {"config": recorded_config(self.cfg), "world_size": self.accelerator.num_processes,
                 "num_workers": self.cfg.data.num_workers, "batch_size_per_gpu": self.batches.batch_size_per_gpu,
                 "grad_accum_steps": self.batches.grad_accum_steps, "batches_consumed": self.state.batches_consumed,
                 "torch": torch.__version__, "vsrpp_dist": __version__}

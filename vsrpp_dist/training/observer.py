@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import torch
 
 from ..files import atomic_write_text
+from ..masking import mask
 
 LOG_NAME = "training.log"
 STATUS_NAME = "training_status.txt"
@@ -120,7 +121,7 @@ class Observer:
     def _emit(self, level: int, message: str) -> None:
         if self.bar is not None:
             self.bar.clear()
-        self.logger.log(level, message)
+        self.logger.log(level, mask(message))  # training.log is shared and copied: no credentials in it
         if self.bar is not None:
             self.bar.refresh()
 
