@@ -267,9 +267,12 @@ class VideoFile:
         self.tmp.unlink(missing_ok=True)
 
 
-def plan_output(path: str, overwrite: bool) -> str:
-    """'video' or 'frames' for OUT, refusing what would overwrite the user's files."""
+def plan_output(path: str, overwrite: bool, source: str | None = None) -> str:
+    """'video' or 'frames' for OUT, refusing what would overwrite the user's files; OUT resolving to the
+    input (`source`: the video file or the frame folder) is refused whatever the flags."""
     out = Path(path)
+    if source is not None:
+        refuse_output_over_input(out, Path(source))
     suffix = out.suffix.lower()
     if suffix in VIDEO_FORMATS:
         if out.is_dir():
@@ -290,6 +293,20 @@ def plan_output(path: str, overwrite: bool) -> str:
     return "frames"
 
 
+def refuse_output_over_input(out: Path, source: Path) -> None:
+    """--overwrite replaces earlier outputs, never the source: the same path (through symlinks, `..`,
+    another spelling) or the same file (a hard link) as the input is refused before anything is written."""
+    same = out.resolve() == source.resolve()
+    if not same and out.exists():
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:
+            same = False
+    if same:
+        raise InferenceError(f"--output {out}: is the input {source} itself; writing there would destroy the "
+                             "source (--overwrite only replaces earlier outputs); choose another --output")
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 
@@ -297,7 +314,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     seq = open_input(args.input)
-    kind = plan_output(args.output, args.overwrite)
+    kind = plan_output(args.output, args.overwrite, source=seq.path)
     reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
