@@ -12,27 +12,69 @@ DataLoader workers are kept out of these group-wide signals altogether (detach_w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 
 
+# How long a wait for data may go on after a stop was asked for before it is abandoned: long enough
+# that an ordinary batch still arrives (all ranks then stop together at the step boundary, with the
+# collective emergency checkpoint), short enough that a stop ends a run stuck on its data within seconds.
+STOP_GRACE_S = 3.0
+
+
+class StopWhileWaiting(Exception):
+    """A stop was asked for and the loop has waited for data STOP_GRACE_S since (StopSignals.interrupting):
+    the wait is abandoned instead of waiting for a step boundary that may never come (a server
+    trickling bytes, a shard that never ends)."""
+
+
 class StopSignals:
     def __init__(self) -> None:
         self.received: str | None = None
+        self._interrupting = False
         self._previous = {}
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._grace_over)
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
         if self.received is None:
             self.received = name
+            if self._interrupting:
+                self._arm_grace()
             return
         raise KeyboardInterrupt(f"second stop signal ({name} after {self.received}): stopping without waiting "
                                 "for the emergency checkpoint")
+
+    @contextlib.contextmanager
+    def interrupting(self):
+        """Around a wait for data: once a stop has been asked for (before or during the wait), the wait
+        may go on for STOP_GRACE_S more, then StopWhileWaiting is raised where the main thread waits
+        (a timer signal, so it works inside any blocking call that Python can interrupt)."""
+        if not self._previous:
+            yield  # no handlers here (not the main thread): nothing can interrupt
+            return
+        self._interrupting = True
+        if self.received is not None:
+            self._arm_grace()
+        try:
+            yield
+        finally:
+            self._interrupting = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _arm_grace(self) -> None:
+        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_S)
+
+    def _grace_over(self, signum, frame) -> None:
+        if self._interrupting:
+            self._interrupting = False
+            raise StopWhileWaiting(self.received)
 
     @property
     def requested(self) -> bool:
@@ -43,6 +85,8 @@ class StopSignals:
         return 128 + signal.Signals[self.received].value if self.received else 0
 
     def restore(self) -> None:
+        if self._previous:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

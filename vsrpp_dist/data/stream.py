@@ -346,6 +346,10 @@ class ClipStream(IterableDataset):
                 try:
                     clip = make_clip(sample, rng, self.codec, self.gt_patch, self.cfg.augment, self.has_lr,
                                      self.max_tile_hw)
+                except MemoryError:  # the worker's memory, not the sample: frames are bounded before decoding
+                    raise DataStreamError(f"{where}: out of memory while making clips (data.batch_size_per_gpu="
+                                          f"{self.batch_size}, data.lr_patch_size={self.cfg.lr_patch_size}, "
+                                          f"data.shuffle_buffer_mb={self.cfg.shuffle_buffer_mb}); lower them") from None
                 except Exception as err:  # a corrupt frame inside a shard: skip the sample, keep training
                     reader.corrupt_samples += 1
                     reader.warn_corrupt(sample.get("__key__"), err)
@@ -368,6 +372,18 @@ class ClipStream(IterableDataset):
 
         rng = _generator(self.seed, 0xB0FF, epoch, stream)
         return byte_bounded_shuffle(raw(), self.cfg.shuffle_buffer_mb << 20, rng)
+
+
+def end_loader_workers() -> None:
+    """End this process's loader workers now (a run that stops while they wait on a read that does not
+    come): the DataLoader would otherwise wait up to 5 s for each to notice, when the run is already over.
+    Only for the training process at its end: every child it has then is a loader worker."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=2)
 
 
 def build_train_loader(folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
