@@ -113,3 +113,40 @@ def test_upscale_never_writes_over_its_input(weights, frames_folder, video, tmp_
             assert rc == 2 and "would destroy the source" in err, (what, flags, err)
             assert len(err.strip().splitlines()) == 1, (what, err)
     assert {"video": digest(video), "frames": digest(frames_folder)} == before
+
+
+def cut_short_video(path: Path, frames: int = 30) -> Path:
+    """An MP4 with its index in front (faststart) cut in half: the index still declares every frame,
+    the data holds about half of them."""
+    import av
+
+    rng = np.random.default_rng(2)
+    whole = path.with_name("whole.mp4")
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.height, stream.width, stream.pix_fmt = 24, 30, "yuv420p"
+        stream.options = {"g": "1"}  # every frame a key frame: the cut leaves whole frames before it
+        for _ in range(frames):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray((rng.random((24, 30, 3)) * 255).astype(np.uint8),
+                                                                   format="rgb24")))
+        container.mux(stream.encode())
+    data = whole.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_a_video_cut_short_behind_its_index_is_reported_by_upscale_and_pack(weights, tmp_path, capsys):
+    from vsrpp_dist.data.pack_command import main as pack
+
+    video = cut_short_video(tmp_path / "cut.mp4")
+    rc, out, err = run(capsys, upscale, "--checkpoint", weights, "--input", video, "--output", tmp_path / "x3",
+                       "--quiet")
+    decoded = len(list((tmp_path / "x3").glob("*.png")))
+    assert rc == 0 and 5 <= decoded < 30, err
+    assert f"warning: {video}: its index declares 30 frames but only {decoded} could be decoded" in err
+
+    assert pack([str(video), str(tmp_path / "shards"), "--min-tile", "24", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"pack: warning: {video}: its index declares 30 frames but only {decoded} could be decoded" in out
+    manifest = json.loads((tmp_path / "shards" / "manifest.json").read_text())
+    assert manifest["sequences"][0]["num_frames"] == decoded and "30 frames" in manifest["sequences"][0]["warning"]

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..cli import OneLineParser, run_cli
-from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, scan_source
+from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, cut_short_warning, scan_source
 from .common import (
     BackgroundWriter,
     ClipUpscaler,
@@ -355,6 +355,8 @@ def main(argv=None) -> int:
         raise
     if written == 0:
         raise InferenceError(f"{seq.path}: no frames could be decoded")
+    if not args.limit and (warning := cut_short_warning(seq, written)) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     seconds = time.perf_counter() - started
     h, w = lr_hw
     s = loaded.model_cfg.scale
