@@ -8,6 +8,8 @@ Ctrl-C reaches it only through the launcher: the first as SIGINT, the second as 
 shutdown, interrupted, falls back to its default death signal). A rank therefore sees one signal per
 user action, and the second one, whatever its name, means "now".
 DataLoader workers are kept out of these group-wide signals altogether (detach_worker_from_signals).
+A stop that arrives while the loop waits for data does not wait for a step boundary that may never come
+(a server that stopped sending): after STOP_GRACE_S the wait is abandoned (StopSignals.interrupting).
 """
 
 from __future__ import annotations
@@ -33,16 +35,24 @@ class StopWhileWaiting(Exception):
 class StopSignals:
     def __init__(self) -> None:
         self.received: str | None = None
-        self._interrupting = False
+        self._interrupting = False  # inside interrupting(): a wait for data
+        self._grace: threading.Timer | None = None
+        self._grace_over = False  # set by the grace timer just before it signals the main thread
         self._previous = {}
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
-        self._previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._grace_over)
+        self._main_thread = threading.main_thread().ident
 
     def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
+        if self._grace_over:  # the grace timer's own signal, not the user's
+            self._grace_over = False
+            if self._interrupting:
+                self._interrupting = False
+                raise StopWhileWaiting(self.received)
+            return  # the wait ended just in time
         if self.received is None:
             self.received = name
             if self._interrupting:
@@ -54,8 +64,8 @@ class StopSignals:
     @contextlib.contextmanager
     def interrupting(self):
         """Around a wait for data: once a stop has been asked for (before or during the wait), the wait
-        may go on for STOP_GRACE_S more, then StopWhileWaiting is raised where the main thread waits
-        (a timer signal, so it works inside any blocking call that Python can interrupt)."""
+        may go on for STOP_GRACE_S more; then a timer signals the main thread (a real signal, so that it
+        breaks into any blocking call Python can interrupt) and StopWhileWaiting is raised there."""
         if not self._previous:
             yield  # no handlers here (not the main thread): nothing can interrupt
             return
@@ -66,15 +76,19 @@ class StopSignals:
             yield
         finally:
             self._interrupting = False
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            if self._grace is not None:
+                self._grace.cancel()
+                self._grace = None
 
     def _arm_grace(self) -> None:
-        signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_S)
+        if self._grace is None:
+            self._grace = threading.Timer(STOP_GRACE_S, self._end_grace)
+            self._grace.daemon = True
+            self._grace.start()
 
-    def _grace_over(self, signum, frame) -> None:
-        if self._interrupting:
-            self._interrupting = False
-            raise StopWhileWaiting(self.received)
+    def _end_grace(self) -> None:  # in the timer's thread
+        self._grace_over = True
+        signal.pthread_kill(self._main_thread, signal.SIGTERM)
 
     @property
     def requested(self) -> bool:
@@ -85,8 +99,9 @@ class StopSignals:
         return 128 + signal.Signals[self.received].value if self.received else 0
 
     def restore(self) -> None:
-        if self._previous:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
