@@ -192,3 +192,34 @@ def test_a_server_answering_random_bytes_is_one_line(train_shards, tmp_path):
     assert "Traceback" not in done.stderr, done.stderr
     log = (tmp_path / "run" / "training.log").read_text()
     assert "Traceback" not in log and "no usable sample" in log
+
+
+def test_sigterm_to_a_two_rank_launch_stuck_on_its_data(train_shards, val_shards, tmp_path):
+    """Two ranks through the real launcher; the server starts trickling after the first shards. SIGTERM
+    to the launcher (a pre-emption) ends the whole launch within seconds: the rank that waits gives up
+    after the grace, rank 0 saves the steps made, the other rank sees it gone."""
+    from ..helpers import launch_command, launcher_env
+
+    url, server, close = serve(train_shards.parent, "trickle", hostile=lambda n: n > 6)
+    run_dir = tmp_path / "run"
+    command = launch_command(run_dir, f"{url}/{train_shards.name}", val_shards, "validation.every=0",
+                             "train.total_steps=400", "checkpoint.rolling_every=0", "checkpoint.regular_every=0",
+                             "data.shuffle_buffer_mb=0")
+    with open(tmp_path / "output.txt", "w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=launcher_env(), stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        assert server.trickling.wait(120), (tmp_path / "output.txt").read_text()
+        time.sleep(2.0)
+        code, seconds = stop_and_time(process)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        close()
+    output = (tmp_path / "output.txt").read_text()
+    checkpoints = list_complete(run_dir)
+    print(f"SIGTERM to a 2-rank launch waiting for data: exit {code} after {seconds:.1f} s, "
+          f"checkpoints {[c.path.name for c in checkpoints]}")
+    assert code != 0 and seconds < 20, output
+    assert "while waiting for data" in output, output
+    assert all(c.kind == "emergency" for c in checkpoints), output

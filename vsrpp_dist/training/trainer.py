@@ -177,6 +177,7 @@ class Trainer:
                                     "them, then continue with --resume")
             self.recovery.crashed(err)
             if self.recovery.lost_a_rank(err):
+                end_loader_workers()  # they may wait on the same stalled data as the rank that left
                 raise RankLostError(f"another rank stopped at step {state.step} ({peer_gone_reason(err)}); this rank "
                                     "stops too; see that rank's output for why, then continue with --resume") from err
             if isinstance(err, TrainingError):
