@@ -173,6 +173,18 @@ def test_a_damaged_png_in_a_training_shard_is_a_skipped_counted_sample(png_train
     assert sum(b["skipped"][0] for b in batches) >= 1 and all(b["gt"].shape[0] == 2 for b in batches)
 
 
+def test_a_damaged_png_in_a_remote_shard_is_skipped_before_its_checksum_is_known(png_train, tmp_path):
+    """Remote checksums are checked only at a shard's end, after its samples were used: the frame checks
+    are what keeps a damaged member from the decoder there."""
+    from vsrpp_dist.tools.loopback import http_folder
+
+    damaged = copy_shards(png_train, tmp_path / "shards", member=lambda name, data: flip_one_byte(data)
+                          if name == "s000000r00000t000.002.png" else data)
+    with http_folder(tmp_path) as (url, _), pytest.warns(RuntimeWarning, match="corrupt sample"):
+        batches = first_batches(f"{url}/shards", 16, num_workers=0)
+    assert sum(b["skipped"][0] for b in batches) >= 1
+
+
 def test_a_webp_bomb_in_a_training_shard_is_skipped_without_decoding_it(train_shards, tmp_path):
     damaged = copy_shards(train_shards, tmp_path / "shards",
                           member=lambda name, data: webp_bomb() if name == "s000000r00000t000.003.webp" else data)
