@@ -115,7 +115,7 @@ def test_random_damage_never_kills_the_process(tmp_path):
     """Thousands of damaged PNGs (CRCs recomputed, so the deeper checks are what stands between them
     and libpng) in a child process: it must end normally, whatever each decode says."""
     script = tmp_path / "fuzz.py"
-    script.write_text(f"""
+    script.write_text("""
 import random, struct, zlib, numpy as np
 from vsrpp_dist.data import shard_format as fmt
 good = fmt.encode_frame((np.random.default_rng(0).random((40, 48, 3)) * 255).astype(np.uint8), "png")
@@ -179,8 +179,8 @@ def test_a_damaged_png_in_a_remote_shard_is_skipped_before_its_checksum_is_known
 
     damaged = copy_shards(png_train, tmp_path / "shards", member=lambda name, data: flip_one_byte(data)
                           if name == "s000000r00000t000.002.png" else data)
-    with http_folder(tmp_path) as (url, _), pytest.warns(RuntimeWarning, match="corrupt sample"):
-        batches = first_batches(f"{url}/shards", 16, num_workers=0)
+    with http_folder(damaged.parent) as (url, _), pytest.warns(RuntimeWarning, match="corrupt sample"):
+        batches = first_batches(f"{url}/{damaged.name}", 16, num_workers=0)
     assert sum(b["skipped"][0] for b in batches) >= 1
 
 

@@ -6,7 +6,6 @@ with an emergency checkpoint when there is something to save. RELIABILITY.md tab
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import signal
 import subprocess
