@@ -228,16 +228,17 @@ def damage_first_sequence(png_val, dest):
 
 def test_a_damaged_validation_frame_skips_its_sequence_and_the_run_finishes(png_train, png_val, tmp_path):
     val = damage_first_sequence(png_val, tmp_path / "val")
-    with pytest.warns(RuntimeWarning, match="damaged frame"):
-        sequences = list(ValidationSet(val))
-    assert [s.index for s in sequences] == [1]
+    dataset = ValidationSet(val)
+    assert [s.index for s in dataset] == [1]
+    assert list(dataset.damaged) == [0] and "fails its CRC" in dataset.damaged[0]
     run_dir = tmp_path / "run"
     cfg = make_config(run_dir, png_train, val, "train.total_steps=2", "validation.every=1",
                       "checkpoint.rolling_every=0", "checkpoint.regular_every=0")
     _, code = train(cfg)
     assert code == 0
     assert set(read_scalars(run_dir, "Metrics/KI_PSNR")) == {1, 2}  # validated twice, on the good sequence
-    assert "skipping the sequence" in (run_dir / "training.log").read_text()
+    log = (run_dir / "training.log").read_text()
+    assert log.count("validation: sequence 0 skipped, it has a damaged frame") == 1  # said once, not per validation
 
 
 def test_evaluate_skips_a_damaged_sequence_and_scores_the_rest(png_val, tmp_path, capsys):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -47,9 +46,9 @@ class ValidationSet:
 
     def __iter__(self) -> Iterator[ValSequence]:
         """The wanted sequences in order. A sequence with a damaged frame (a member that fails its checks
-        before decoding, shard_format.decode_frame) is skipped whole, with a warning, and counted in
-        `damaged`: a frame left out would shift every window around it. Every rank reads the same files,
-        so every rank skips the same sequences."""
+        before decoding, shard_format.decode_frame) is skipped whole and recorded in `damaged` (index ->
+        reason) for the reader to report: a frame left out would shift every window around it. Every
+        rank reads the same files, so every rank skips the same sequences."""
         by_index = {s["index"]: s for s in self.sequences}
         frames: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         current: tuple[int, str] | None = None
@@ -77,11 +76,8 @@ class ValidationSet:
                     if lr_field in sample else None
                 frames.append((int(meta["frame"]), gt, lr))
             except (fmt.ShardFormatError, KeyError, TypeError, ValueError, RuntimeError) as err:
-                broken = f"{type(err).__name__}: {err}"
+                broken = f"{sample.get('__key__')}: {type(err).__name__}: {err}"
                 self.damaged[seq] = broken
-                warnings.warn(f"{self.folder}: validation sequence {current[1]!r} has a damaged frame "
-                              f"({sample.get('__key__')}: {broken}); skipping the sequence", RuntimeWarning,
-                              stacklevel=2)
         if current is not None and frames and broken is None:
             yield self._sequence(current, frames)
 

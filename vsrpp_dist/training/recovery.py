@@ -139,16 +139,17 @@ class Recovery:
         return code
 
     def something_to_save(self) -> bool:
-        """Rank 0: has a step been trained since the newest complete checkpoint (or at all)?"""
-        from .checkpoint import list_complete
+        """Has a step been trained since the checkpoint this run last saved or started from? (Not at step 0
+        of a new run, not right after a checkpoint of this very step.)"""
+        from .checkpoint import NAME_RE
 
-        newest = max((info.step for info in list_complete(self.checkpoints.run_dir)), default=0)
-        return self.state.step > newest
+        match = NAME_RE.match(self.checkpoints.last_saved or "")
+        return self.state.step > 0 and (match is None or int(match.group(2)) != self.state.step)
 
     def stop_while_waiting(self, signals) -> int:
         """A stop arrived while this rank waited for data that did not come (signals.StopWhileWaiting):
         there is no step boundary for the ranks to agree at, so rank 0 saves the last finished step alone
-        (as after a crash) when it is newer than the newest checkpoint, and the rank leaves without a
+        (as after a crash) when something was trained since the last checkpoint, and the rank leaves without a
         collective; a rank that still waits for it sees it gone and ends with one line. Returns 128 + the
         signal."""
         self.stopped_alone = True
@@ -163,7 +164,7 @@ class Recovery:
                 self.observer.error(f"emergency {err}")
                 return 1
         elif self.accelerator.is_main_process:
-            self.observer.warn(f"nothing new to save: no step trained since the newest checkpoint (step "
+            self.observer.warn(f"nothing new to save: no step trained since the last checkpoint (step "
                                f"{self.state.step})")
         return signals.exit_code or 143
 
@@ -185,7 +186,7 @@ class Recovery:
             self.observer.error(f"training failed at step {self.state.step}: {type(err).__name__}: {err}\n"
                                 + "".join(traceback.format_exception(err)))
         if self.accelerator.is_main_process and not self.something_to_save():
-            self.observer.error(f"no emergency checkpoint: no step trained since the newest checkpoint "
+            self.observer.error(f"no emergency checkpoint: no step trained since the last checkpoint "
                                 f"(step {self.state.step})")
             return
         try:

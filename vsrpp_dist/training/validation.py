@@ -77,6 +77,7 @@ class Validator:
         # so that every validation of the run scores the same input frames
         self.degraded = FixedDegradedSet(degradation, seed) if degradation is not None and \
             degradation.kind != "bicubic" else None
+        self._reported_damaged: set[int] = set()
         seqs = self.dataset.sequences
         observer.info(f"validation set: {len(seqs)} sequences, {sum(s['num_frames'] for s in seqs)} frames "
                       f"from {self.dataset.folder}")
@@ -101,6 +102,11 @@ class Validator:
             for start in range(0, per_rank, self.cfg.batch_size):
                 frames = padded[start:start + self.cfg.batch_size]
                 rows += self._score_frames(model, seq, frames, valid[start:start + self.cfg.batch_size], step, device)
+        for index, reason in self.dataset.damaged.items():  # skipped whole, on every rank alike
+            if index not in self._reported_damaged:
+                self._reported_damaged.add(index)
+                self.observer.warn(f"validation: sequence {index} skipped, it has a damaged frame ({reason}); "
+                                   "every validation of this run leaves it out", all_ranks=False)
         model.train(was_training)
         table = torch.tensor(rows, dtype=torch.float64, device=device).reshape(-1, 3 + len(COLUMNS))
         table = acc.gather(table).cpu()
