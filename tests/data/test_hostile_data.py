@@ -280,3 +280,19 @@ def test_a_malformed_manifest_stops_training_in_one_line_without_a_run_directory
         f"train: error: data.train_shards: {folder}/manifest.json: manifest field sequences[0].tile_size: expected "
         "[height, width] in pixels (1 to 65535), got '48'"]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_set_damaged_everywhere_stops_the_run_in_one_line(png_train, png_val, tmp_path):
+    val = copy_shards(png_val, tmp_path / "val", member=lambda name, data: flip_one_byte(data)
+                      if name.endswith("f000002.gt.png") else data)  # frame 2 of both sequences
+    done = subprocess.run([sys.executable, "-m", "vsrpp_dist.train", "--config", str(TINY), f"run.dir={tmp_path}/run",
+                           f"data.train_shards={png_train}", f"data.val_shards={val}", "train.total_steps=4",
+                           "validation.every=2", "checkpoint.rolling_every=0", "checkpoint.regular_every=0"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"train: error: validation: every sequence of {val} has a damaged frame; pack the validation set again, "
+        "or train without it (data.val_shards='')")
+    assert "Traceback" not in done.stderr
+    # the two steps before the first validation are kept
+    assert [c.name for c in (tmp_path / "run" / "checkpoints").iterdir()] == ["emergency-00000002"]

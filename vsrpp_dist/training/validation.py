@@ -21,6 +21,7 @@ from torchvision.utils import make_grid
 
 from ..data.degradation import degrade_sequence
 from ..data.validation_set import ValidationSet
+from ..errors import ShardFormatError
 from ..imresize import downscale, upscale
 from ..metrics import psnr, ssim
 
@@ -111,6 +112,9 @@ class Validator:
         table = torch.tensor(rows, dtype=torch.float64, device=device).reshape(-1, 3 + len(COLUMNS))
         table = acc.gather(table).cpu()
         table = table[table[:, 2] > 0]
+        if table.shape[0] == 0:  # every rank sees the same files: all of them stop here together
+            raise ShardFormatError(f"validation: every sequence of {self.dataset.folder} has a damaged frame; pack "
+                                   "the validation set again, or train without it (data.val_shards='')")
         return self._summarise(table)
 
     def _score_frames(self, model, seq, frames, valid, step, device) -> list[list[float]]:
