@@ -170,3 +170,34 @@ def write_coded_video(path: Path, frames: list[np.ndarray], codec: str, pix_fmt:
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+
+
+def copy_shards(source: Path, dest: Path, member=None, manifest=None) -> Path:
+    """A copy of a packed folder with its tar members and manifest changed, as a damaged or hostile
+    dataset would be: `member(name, data)` returns the member's new bytes (None drops it), `manifest(m)`
+    edits the manifest in place. Sizes and checksums in the manifest are those of the new shards, so a
+    damaged member is only found where it is decoded."""
+    import hashlib
+    import io
+    import json
+    import tarfile
+
+    dest.mkdir(parents=True)
+    data = json.loads((source / "manifest.json").read_text())
+    for entry in data["shards"]:
+        out = io.BytesIO()
+        with tarfile.open(source / entry["file"]) as tar_in, tarfile.open(fileobj=out, mode="w") as tar_out:
+            for info in tar_in.getmembers():
+                content = tar_in.extractfile(info).read()
+                if member is not None:
+                    content = member(info.name, content)
+                    if content is None:
+                        continue
+                info.size = len(content)
+                tar_out.addfile(info, io.BytesIO(content))
+        (dest / entry["file"]).write_bytes(out.getvalue())
+        entry["bytes"], entry["sha256"] = len(out.getvalue()), hashlib.sha256(out.getvalue()).hexdigest()
+    if manifest is not None:
+        manifest(data)
+    (dest / "manifest.json").write_text(json.dumps(data))
+    return dest

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from .errors import RunFailure, UserError
+from .masking import mask
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError)
 
@@ -17,11 +18,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
             prog: str = "vsrpp-dist") -> int:
     try:
         return main(argv)
-    except USER_ERRORS as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+    except USER_ERRORS as err:  # masked: a message may quote a location or an override with a secret
+        print(f"{prog}: error: {mask(str(err))}", file=sys.stderr)
         return 2
     except RunFailure as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {mask(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

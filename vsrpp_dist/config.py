@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .masking import mask_tree
 
 
 def setting(default: Any, doc: str, *, choices: tuple | None = None, min: float | None = None,
@@ -54,15 +55,15 @@ class ModelConfig:
     name: str = setting("VSRBidirectional_3x", "architecture", choices=("VSRBidirectional_3x",))
     scale: int = setting(SCALE, "upscaling factor (the architecture is built for x3)", choices=(SCALE,))
     num_frames: int = setting(5, "LR frames per clip; the centre one is restored", choices=(5,))
-    channels: int = setting(128, "feature width of every trunk", min=4)
-    extract_blocks: int = setting(5, "residual blocks of the per-frame feature extractor", min=0)
-    propagation_blocks: int = setting(10, "residual blocks in each propagation branch", min=1)
-    reconstruction_blocks: int = setting(5, "residual blocks after fusion", min=0)
-    upsample_channels: int = setting(64, "channels after the x3 pixel shuffle", min=3)
+    channels: int = setting(128, "feature width of every trunk", min=4, max=4096)
+    extract_blocks: int = setting(5, "residual blocks of the per-frame feature extractor", min=0, max=1000)
+    propagation_blocks: int = setting(10, "residual blocks in each propagation branch", min=1, max=1000)
+    reconstruction_blocks: int = setting(5, "residual blocks after fusion", min=0, max=1000)
+    upsample_channels: int = setting(64, "channels after the x3 pixel shuffle", min=3, max=4096)
     alignment: str = setting("implicit", "how a branch aligns its state to the next frame: implicit (convolutions "
                              "only), flow (warp by a learned flow), flow_deform (deformable conv guided by it)",
                              choices=tuple(ALIGNMENT_KEYS))
-    flow_channels: int = setting(32, "width of the flow network (flow and flow_deform)", min=2)
+    flow_channels: int = setting(32, "width of the flow network (flow and flow_deform)", min=2, max=4096)
     flow_levels: int = setting(3, "pyramid levels of the flow network (each halves the resolution)", min=1, max=6)
     max_flow: float = setting(16.0, "flows are clamped to this many LR pixels per frame step (bounds the "
                               "receptive field, so tiled inference stays exact)", min=1.0)
@@ -101,8 +102,8 @@ class DataConfig:
     train_shards: str = setting("", "where `python -m vsrpp_dist.pack` wrote (holds manifest.json): a folder, "
                                 "s3://bucket/prefix, gs://bucket/prefix, http(s)://host/prefix or pipe:CMD {name}")
     val_shards: str = setting("", "validation shards written by `pack --val` (same forms); empty: no validation")
-    lr_patch_size: int = setting(64, "LR patch edge in pixels (GT patch is 3x)", min=8)
-    batch_size_per_gpu: int = setting(8, "clips per forward pass on one rank", min=1)
+    lr_patch_size: int = setting(64, "LR patch edge in pixels (GT patch is 3x)", min=8, max=4096)
+    batch_size_per_gpu: int = setting(8, "clips per forward pass on one rank", min=1, max=65536)
     num_workers: int = setting(4, "loader worker processes per rank (0: load in the training process)", min=0)
     shuffle_buffer_mb: int = setting(256, "per-worker shuffle buffer of raw samples, in MB", min=0)
     prefetch_batches: int = setting(4, "batches each worker prepares ahead", min=1)
@@ -114,6 +115,10 @@ class DataConfig:
     remote_backoff_s: float = setting(1.0, "wait before the first retry, doubling each time", min=0.0, max=300.0)
     remote_timeout_s: float = setting(30.0, "a remote connection or read that gets nothing for this long fails",
                                       min=0.1, max=600.0)
+    remote_min_mb_per_s: float = setting(0.25, "a remote shard that arrives slower than this on average is a "
+                                         "transient fault (a server trickling bytes would never time out): each "
+                                         "attempt's deadline is remote_timeout_s + its size at this rate",
+                                         min=0.001, max=100000.0)
     read_ahead_mb: int = setting(32, "per loader worker, MB of a remote shard read ahead of decoding "
                                  "(0: read in the worker's own thread)", min=0, max=65536)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig,
@@ -633,8 +638,14 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def recorded_config(cfg: Any) -> dict[str, Any]:
+    """The tree as it is written down (RUN/config.yaml, training.log, checkpoint metadata, trackers):
+    credentials in any value masked (masking.mask), since these files are shared and copied."""
+    return mask_tree(config_to_dict(cfg))
+
+
 def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(recorded_config(cfg), sort_keys=False)
 
 
 def describe(cls: type = Config, prefix: str = "", defaults: Any = None) -> list[str]:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import re
 import select
 import shlex
 import subprocess
@@ -38,6 +37,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import ShardFormatError
+from ..masking import mask
 
 # Blocks read per call: a stream (local, http, pipe) is read in small blocks; each read of an object
 # store is one ranged GET, so larger blocks there keep the request count and its latency down.
@@ -75,17 +75,7 @@ class RemoteReadError(OSError):
         return self.message
 
 
-# -- secrets never reach a message -------------------------------------------------------------------
-
-_SECRET_NAME = r"[A-Za-z0-9_.-]*(?:secret|token|password|passwd|key|credential|signature|auth)[A-Za-z0-9_.-]*"
-
-
-def mask(text: str) -> str:
-    """`text` with URL user-info, query values and NAME=value pairs whose name sounds secret replaced by ***."""
-    text = re.sub(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
-    text = re.sub(r"([?&][^=&\s]+=)[^&\s#'\"]+", r"\1***", text)
-    return re.sub(rf"(\b{_SECRET_NAME}=)[^\s'\"&]+", r"\1***", text, flags=re.IGNORECASE)
-
+# -- secrets never reach a message: masking.mask, re-exported here for the data layer's callers ------
 
 # -- the retry policy --------------------------------------------------------------------------------
 
@@ -96,14 +86,22 @@ class RetryPolicy:
     backoff_s: float = 1.0  # before the first retry; doubles each time
     timeout_s: float = 30.0  # a connection or read that gets nothing for this long fails
     read_ahead_bytes: int = 32 << 20  # per open remote file; 0: read in the caller's thread
+    min_bytes_per_s: float = 0.25 * 2**20  # slower on average is a fault: bytes trickling in never time out
 
     @classmethod
     def from_data_config(cls, data_cfg) -> RetryPolicy:
         return cls(retries=data_cfg.remote_retries, backoff_s=data_cfg.remote_backoff_s,
-                   timeout_s=data_cfg.remote_timeout_s, read_ahead_bytes=data_cfg.read_ahead_mb << 20)
+                   timeout_s=data_cfg.remote_timeout_s, read_ahead_bytes=data_cfg.read_ahead_mb << 20,
+                   min_bytes_per_s=data_cfg.remote_min_mb_per_s * 2**20)
 
     def delay(self, attempt: int) -> float:
         return self.backoff_s * 2 ** attempt
+
+    def attempt_deadline_s(self, size: int | None) -> float:
+        """How long one attempt at reading a file of `size` bytes may spend waiting on the source in all
+        (time a consumer leaves it waiting does not count): the timeout, plus the size at the slowest
+        acceptable rate (unknown size: a shard-sized 1 GiB)."""
+        return self.timeout_s + (size if size is not None else 1 << 30) / self.min_bytes_per_s
 
     def longest_silence_s(self) -> float:
         """The longest a reader can legitimately wait for its next block: every attempt timing out, plus
@@ -276,17 +274,24 @@ class Location:
     def blocks(self, name: str, size: int | None = None) -> Iterator[bytes]:
         """The bytes of `name` in order, in blocks. Transient faults are retried (resuming after the last
         byte delivered, see the module docstring); `size`, when known (the manifest's), turns a stream
-        that ends early into a fault instead of a short file."""
+        that ends early into a fault instead of a short file, and ends the read at that size: a server
+        that sends the file and then never ends the body is not waited for. Each remote attempt has a
+        deadline (RetryPolicy.attempt_deadline_s): a server trickling bytes is a transient fault too."""
         policy = self.policy
         delivered = 0
         attempt = 0
         while True:
             try:
+                opened = time.monotonic()
                 stream, start = self._open(name, delivered)
+                # time spent waiting on the source (opening, reading), not on whoever consumes the blocks
+                waited, budget = time.monotonic() - opened, policy.attempt_deadline_s(size)
                 try:
                     drop = delivered - start
-                    while True:
+                    while size is None or delivered < size:
+                        asked = time.monotonic()
                         block = stream.read(OBJECT_BLOCK if self.kind == "object" else STREAM_BLOCK)
+                        waited += time.monotonic() - asked
                         if not block:
                             break
                         if drop:
@@ -294,8 +299,14 @@ class Location:
                             block, drop = block[cut:], drop - cut
                             if not block:
                                 continue
+                        if size is not None and delivered + len(block) > size:
+                            block = block[:size - delivered]  # the manifest's size is the file; the rest is not ours
                         delivered += len(block)
                         yield block
+                        if self.kind != "local" and waited > budget and (size is None or delivered < size):
+                            raise TimeoutError(f"{delivered} of {size if size is not None else '?'} bytes in "
+                                               f"{waited:.0f} s (slower than {policy.min_bytes_per_s / 2**20:g} MB/s "
+                                               "on average, data.remote_min_mb_per_s)")
                     if size is not None and delivered < size:
                         raise ConnectionError(f"the connection ended after {delivered} of {size} bytes")
                     return

@@ -66,7 +66,7 @@ from .shard_format import (
     ShardFormatError,
     read_manifest,
 )
-from .sources import Sequence, SequenceError, Source, SourceError, count_frames, scan_source
+from .sources import Sequence, SequenceError, Source, SourceError, count_frames, cut_short_warning, scan_source
 
 PROG = "python -m vsrpp_dist.pack"
 EXIT_USAGE = 2  # unusable invocation or input: nothing was written
@@ -407,6 +407,8 @@ def encode_all(plan: Plan, out: Path, sink: ShardSink, options: PackOptions, wor
                 index = len(sequences)
                 sink.add_sequence(index, candidate.name, result)
                 sequences.append(_sequence_entry(index, candidate, result))
+                if (warning := cut_short_warning(candidate.seq, result.num_frames)) is not None:
+                    sequences[-1]["warning"] = warning  # in the manifest, and said at the end (summary_lines)
     return sequences, skipped
 
 
@@ -503,6 +505,7 @@ def summary_lines(manifest: dict, out: Path) -> list[str]:
     lines = [f"packed {_count(totals['sequences'], 'sequence')} ({_count(totals['frames'], 'frame')}) into "
              f"{_count(totals['samples'], 'sample')} ({unit}) in {_count(totals['shards'], 'shard')}, "
              f"{_human_bytes(totals['bytes'])}, {totals['seconds']:.1f} s, {rate:.1f} frames/s -> {out}"]
+    lines += [f"{PROG}: warning: {seq['warning']}" for seq in manifest["sequences"] if seq.get("warning")]
     if manifest["skipped"]:
         lines.append(f"skipped {_count(len(manifest['skipped']), 'input')}:")
         lines += [f"  {entry['input']}: {entry['reason']}" for entry in manifest["skipped"]]

@@ -260,6 +260,32 @@ def count_frames(seq: Sequence) -> int | None:
     return None
 
 
+def indexed_frame_count(seq: Sequence) -> int | None:
+    """The frame count a video's index declares (MP4's sample table, an AVI's index), None where the
+    container keeps none (only a duration to estimate from) or for frame folders. Decoding fewer frames
+    than this means the file was cut short behind an intact index (readers say so)."""
+    if seq.kind != "video":
+        return None
+    try:
+        import av
+
+        with av.open(seq.path) as container:
+            return int(container.streams.video[0].frames) or None
+    except Exception:  # a video that cannot be opened is reported where it is decoded
+        return None
+
+
+def cut_short_warning(seq: Sequence, decoded: int) -> str | None:
+    """The line that says a video ended before its index does, or None. A warning, not an error: the
+    frames that were decoded are complete and right, and the user may well want them; what must not
+    happen is a silent loss, so the line names both counts."""
+    declared = indexed_frame_count(seq)
+    if declared is None or decoded >= declared:
+        return None
+    return (f"{seq.path}: its index declares {declared} frames but only {decoded} could be decoded (the file is "
+            f"cut short?); {decoded} used")
+
+
 def read_frames(seq: Sequence, start: int = 0) -> Iterator[np.ndarray]:
     """The frames of a sequence from frame `start` on, as HxWx3 uint8 RGB arrays, one at a time (a long
     video is streamed, never held). Anything wrong with the data raises SequenceError naming the frame."""

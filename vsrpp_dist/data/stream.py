@@ -82,9 +82,11 @@ class ShardReader:
     counts what is broken (missing, failing its checksum, unreadable, unreachable after the retries)
     instead of stopping the run, warning once per shard."""
 
-    def __init__(self, location: Location, shards: list[dict[str, Any]], verify: bool, where: str) -> None:
+    def __init__(self, location: Location, shards: list[dict[str, Any]], verify: bool, where: str,
+                 max_member_bytes: int | None = None) -> None:
         self.location = location
         self.shards = shards
+        self.max_member_bytes = max_member_bytes  # a tar header declaring more is a bad shard, never allocated
         self.verify = verify
         self.where = where
         self.corrupt_samples = 0
@@ -139,7 +141,7 @@ class ShardReader:
         reader = None
         try:
             reader = self.location.open_reader(name, entry.get("bytes"), hashing=check_while_reading)
-            for position, sample in enumerate(fmt.tar_samples(reader)):
+            for position, sample in enumerate(fmt.tar_samples(reader, self.max_member_bytes)):
                 if position % modulus == residue:
                     yield sample
             if check_while_reading:
@@ -192,11 +194,18 @@ def _pop_random(buffer: list, rng: np.random.Generator):
 
 
 def make_clip(sample: dict[str, bytes], rng: np.random.Generator, codec: str, gt_patch: int,
-              augment, has_lr: bool) -> dict[str, torch.Tensor]:
-    """Pick a 5-frame window and a patch inside the tile, decode only those 5 frames, augment."""
+              augment, has_lr: bool, max_tile_hw: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Pick a 5-frame window and a patch inside the tile, decode only those 5 frames, augment. The
+    sample's JSON is data too: the tile it declares must fit the manifest's largest (`max_tile_hw`), and
+    every frame must declare that tile's size before it is decoded (shard_format.decode_frame)."""
     meta = json.loads(sample["json"])
     frames = meta["num_frames"]
     _, _, tile_h, tile_w = meta["tile"]
+    if not all(isinstance(v, int) and v > 0 for v in (frames, tile_h, tile_w)) or \
+            (max_tile_hw is not None and (tile_h > max_tile_hw[0] or tile_w > max_tile_hw[1])):
+        raise fmt.ShardFormatError(f"the sample declares {frames} frames of a {tile_w}x{tile_h} tile, the "
+                                   f"manifest's tiles are at most {max_tile_hw[1]}x{max_tile_hw[0]}"
+                                   if max_tile_hw else f"the sample declares {frames} frames of {tile_w}x{tile_h}")
     window = int(rng.integers(0, frames - CLIP_FRAMES + 1))
     # patch origins on the x3 grid so real LR frames, when packed, crop at whole LR pixels
     y = fmt.SCALE * int(rng.integers(0, (tile_h - gt_patch) // fmt.SCALE + 1))
@@ -209,8 +218,9 @@ def make_clip(sample: dict[str, bytes], rng: np.random.Generator, codec: str, gt
         kinds.append(("lr", True, lr_patch, y // fmt.SCALE, x // fmt.SCALE))
     for name, lr, size, top, left in kinds:
         frames_tchw = []
+        tile_hw = (tile_h // fmt.SCALE, tile_w // fmt.SCALE) if lr else (tile_h, tile_w)
         for i in range(window, window + CLIP_FRAMES):
-            image = fmt.decode_frame(sample[fmt.frame_field(i, codec, lr=lr)], codec)
+            image = fmt.decode_frame(sample[fmt.frame_field(i, codec, lr=lr)], codec, tile_hw)
             frames_tchw.append(image[:, top:top + size, left:left + size])
         clip = torch.stack(frames_tchw)
         if augment.flip_horizontal and flip_h:
@@ -250,6 +260,9 @@ class ClipStream(IterableDataset):
         # Draws each clip's degradation (data/degradation.py) from the clip's own generator; None: bicubic.
         self.degradation = degradation if degradation is not None and degradation.kind != "bicubic" else None
         self._check_patch_fits()
+        tiles = [s["tile_size"] for s in self.manifest["sequences"]]
+        self.max_tile_hw = (max(t[0] for t in tiles), max(t[1] for t in tiles))
+        self.max_member_bytes = fmt.max_member_bytes(self.manifest)
         shard_samples = [int(s["samples"]) for s in self.manifest["shards"]]
         streams = world_size * self.workers
         if sum(shard_samples) < streams:
@@ -298,7 +311,8 @@ class ClipStream(IterableDataset):
         where = f"rank {self.rank} worker {logical}"
         if self.rank == 0 and physical == 0 and self.plan.modulus > 1:
             self._warn_shards_are_read_several_times()
-        reader = ShardReader(self.location, self.manifest["shards"], self.cfg.verify_checksums, where)
+        reader = ShardReader(self.location, self.manifest["shards"], self.cfg.verify_checksums, where,
+                             self.max_member_bytes)
         clips = self._clips(stream, skip_batches * self.batch_size, reader, where)
         reported = (0, 0)
         while True:
@@ -330,7 +344,12 @@ class ClipStream(IterableDataset):
                     continue  # replaying to the resume point: read, never decode
                 rng = _generator(self.seed, epoch, stream, position)
                 try:
-                    clip = make_clip(sample, rng, self.codec, self.gt_patch, self.cfg.augment, self.has_lr)
+                    clip = make_clip(sample, rng, self.codec, self.gt_patch, self.cfg.augment, self.has_lr,
+                                     self.max_tile_hw)
+                except MemoryError:  # the worker's memory, not the sample: frames are bounded before decoding
+                    raise DataStreamError(f"{where}: out of memory while making clips (data.batch_size_per_gpu="
+                                          f"{self.batch_size}, data.lr_patch_size={self.cfg.lr_patch_size}, "
+                                          f"data.shuffle_buffer_mb={self.cfg.shuffle_buffer_mb}); lower them") from None
                 except Exception as err:  # a corrupt frame inside a shard: skip the sample, keep training
                     reader.corrupt_samples += 1
                     reader.warn_corrupt(sample.get("__key__"), err)
@@ -353,6 +372,18 @@ class ClipStream(IterableDataset):
 
         rng = _generator(self.seed, 0xB0FF, epoch, stream)
         return byte_bounded_shuffle(raw(), self.cfg.shuffle_buffer_mb << 20, rng)
+
+
+def end_loader_workers() -> None:
+    """End this process's loader workers now (a run that stops while they wait on a read that does not
+    come): the DataLoader would otherwise wait up to 5 s for each to notice, when the run is already over.
+    Only for the training process at its end: every child it has then is a loader worker."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        child.terminate()
+    for child in multiprocessing.active_children():
+        child.join(timeout=2)
 
 
 def build_train_loader(folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,

@@ -29,6 +29,8 @@ class ValidationSet:
         self.folder = self.manifest["_folder"]  # where, for messages (masked)
         self.codec = self.manifest["codec"]
         self.max_sequences = max_sequences
+        self.damaged: dict[int, str] = {}  # sequence index -> why it was skipped (the latest pass)
+        self.max_member_bytes = fmt.max_member_bytes(self.manifest)
         for entry in self.manifest["shards"]:  # validation sets are a few shards: each is checked
             try:
                 found = self.location.exists(entry["file"])
@@ -43,21 +45,40 @@ class ValidationSet:
         return seqs[: self.max_sequences] if self.max_sequences else seqs
 
     def __iter__(self) -> Iterator[ValSequence]:
-        wanted = {s["index"] for s in self.sequences}
+        """The wanted sequences in order. A sequence with a damaged frame (a member that fails its checks
+        before decoding, shard_format.decode_frame) is skipped whole and recorded in `damaged` (index ->
+        reason) for the reader to report: a frame left out would shift every window around it. Every
+        rank reads the same files, so every rank skips the same sequences."""
+        by_index = {s["index"]: s for s in self.sequences}
         frames: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         current: tuple[int, str] | None = None
+        broken: str | None = None  # why the current sequence is skipped
         for sample in self._samples():
-            meta = json.loads(sample["json"])
-            if meta["seq"] not in wanted:
+            try:
+                meta = json.loads(sample["json"])
+                seq = meta["seq"]
+            except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+                continue  # a sample that names no sequence belongs to none
+            if seq not in by_index:
                 continue
-            if current is not None and meta["seq"] != current[0]:
-                yield self._sequence(current, frames)
-                frames = []
-            current = (meta["seq"], meta["name"])
-            gt = fmt.decode_frame(sample[f"gt.{self.codec}"], self.codec)
-            lr = fmt.decode_frame(sample[f"lr.{self.codec}"], self.codec) if f"lr.{self.codec}" in sample else None
-            frames.append((meta["frame"], gt, lr))
-        if current is not None and frames:
+            if current is not None and seq != current[0]:
+                if broken is None:
+                    yield self._sequence(current, frames)
+                frames, broken = [], None
+            current = (seq, by_index[seq]["name"])
+            if broken is not None:
+                continue
+            try:
+                gt_hw = tuple(by_index[seq]["frame_size"])
+                gt = fmt.decode_frame(sample[f"gt.{self.codec}"], self.codec, gt_hw)
+                lr_field = f"lr.{self.codec}"
+                lr = fmt.decode_frame(sample[lr_field], self.codec, (gt_hw[0] // fmt.SCALE, gt_hw[1] // fmt.SCALE)) \
+                    if lr_field in sample else None
+                frames.append((int(meta["frame"]), gt, lr))
+            except (fmt.ShardFormatError, KeyError, TypeError, ValueError, RuntimeError) as err:
+                broken = f"{sample.get('__key__')}: {type(err).__name__}: {err}"
+                self.damaged[seq] = broken
+        if current is not None and frames and broken is None:
             yield self._sequence(current, frames)
 
     def _sequence(self, current: tuple[int, str], frames: list) -> ValSequence:
@@ -71,7 +92,7 @@ class ValidationSet:
             reader = None
             try:
                 reader = self.location.open_reader(entry["file"], entry.get("bytes"), hashing=False)
-                yield from fmt.tar_samples(reader)
+                yield from fmt.tar_samples(reader, self.max_member_bytes)
             except (tarfile.TarError, EOFError, OSError, ValueError) as err:
                 reason = err if isinstance(err, RemoteReadError) else (err.args[0] if err.args else type(err).__name__)
                 raise fmt.ShardFormatError(f"{self.location.display(entry['file'])}: validation shard is "

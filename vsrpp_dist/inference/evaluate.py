@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -147,20 +148,29 @@ def packed_jobs(folder: Path | str, limit: int, lr_dir: str | None) -> list[Job]
             note(f"{seq['name']}: pack cropped its GT from {w}x{h} to {seq['frame_size'][1]}x{seq['frame_size'][0]} "
                  "(WxH, bottom/right) so that it divides by 3")
     # ValidationSet reads the shards front to back, one whole sequence at a time (validation sets are
-    # small); each job takes the next one.
+    # small); each job takes the next one, unless the set skipped its sequence (a damaged frame).
     sequences = iter(dataset)
+    upcoming: list = []
 
-    def reader(expected_name: str):
+    def reader(index: int):
         def pairs():
-            seq = next(sequences)
-            assert seq.name == expected_name, (seq.name, expected_name)
+            if not upcoming:
+                upcoming.append(next(sequences, None))
+            seq = upcoming[0]
+            if seq is None or seq.index != index:
+                raise DamagedSequence(dataset.damaged.get(index, "its frames are missing from the shards"))
+            upcoming.clear()
             n = min(seq.gt.shape[0], limit or seq.gt.shape[0])
             for i in range(n):
                 yield seq.gt[i], (seq.lr[i] if seq.lr is not None else None)
         return pairs
 
-    return [Job(s["name"], min(s["num_frames"], limit or s["num_frames"]), reader(s["name"]), numbered_frame_name,
+    return [Job(s["name"], min(s["num_frames"], limit or s["num_frames"]), reader(s["index"]), numbered_frame_name,
                 exact_lr=bool(manifest.get("has_lr")), gt_hw=tuple(s["frame_size"])) for s in dataset.sequences]
+
+
+class DamagedSequence(Exception):
+    """A packed sequence that the validation set skipped (a damaged frame): reported, not scored."""
 
 
 def folder_jobs(data: str, lr_dir: str | None, limit: int) -> list[Job]:
@@ -363,8 +373,25 @@ def write_json(path: Path, report: dict) -> None:
     atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
 
+def save_folders(jobs: list[Job]) -> list[Path]:
+    """The folder under --save for each sequence, relative, made from its name as plain words: a name
+    comes from data (a manifest, a list file) and is never a path, so `../../x`, `/etc` or `C:\\x` cannot
+    lead outside --save. '/' in a name (nested layouts: `vid4/calendar`) keeps its nesting; empty, `.` and
+    `..` parts are dropped, and names that end up the same get the sequence's number."""
+    folders, seen = [], set()
+    for index, job in enumerate(jobs):
+        parts = [part for part in re.split(r"[\\/]+", job.name.replace("\0", "")) if part not in ("", ".", "..")]
+        parts = [re.sub(r"^[A-Za-z]:$", lambda m: m.group(0)[0], part) for part in parts]  # a drive letter
+        folder = Path(*parts) if parts else Path(f"sequence-{index:04d}")
+        if folder in seen:
+            folder = folder.with_name(f"{folder.name}-{index:04d}")
+        seen.add(folder)
+        folders.append(folder)
+    return folders
+
+
 def check_outputs(args, jobs: list[Job]) -> None:
-    """Refuse, before any work, what would overwrite the user's files."""
+    """Refuse, before any work, what would overwrite the user's files or write outside --save."""
     if args.json:
         path = Path(args.json)
         if path.is_dir():
@@ -375,8 +402,12 @@ def check_outputs(args, jobs: list[Job]) -> None:
         root = Path(args.save)
         if root.exists() and not root.is_dir():
             raise InferenceError(f"--save {root}: exists and is not a folder")
-        for job in jobs:
-            folder = root / job.name
+        for job, relative in zip(jobs, save_folders(jobs)):
+            folder = root / relative
+            # a symlink already inside --save could still lead out; what is written must resolve inside
+            if not folder.resolve().is_relative_to(root.resolve()):
+                raise InferenceError(f"--save {root}: the folder for sequence {job.name!r} leads outside it "
+                                     f"({folder} resolves to {folder.resolve()})")
             if folder.is_dir() and not args.overwrite and any(p.suffix.lower() == ".png" for p in folder.iterdir()):
                 raise InferenceError(f"--save {root}: {folder} already holds PNG frames; choose another folder "
                                      "or pass --overwrite")
@@ -433,15 +464,23 @@ def main(argv=None) -> int:
     total = None if any(j.num_frames is None for j in jobs) else sum(j.num_frames for j in jobs)
     started = time.perf_counter()
     per_sequence: dict[str, SequenceScores] = {}
+    folders = save_folders(jobs)
+    skipped: list[str] = []
     with tqdm(total=total, unit="frame", disable=args.quiet, file=sys.stderr) as progress:
         for index, job in enumerate(jobs):
             progress.set_description(job.name)
             saver = None
             if args.save:
-                saver = BackgroundWriter(PngFolder(Path(args.save) / job.name, job.frame_name),
+                saver = BackgroundWriter(PngFolder(Path(args.save) / folders[index], job.frame_name),
                                          threads=min(4, os.cpu_count() or 1), max_pending=8)
             try:
                 per_sequence[job.name] = scorer.run(job, saver, progress, index, collector)
+            except DamagedSequence as err:
+                if saver is not None:
+                    saver.abort()
+                note(f"{job.name}: skipped, a frame is damaged ({err})")
+                skipped.append(job.name)
+                continue
             except BaseException:
                 if saver is not None:
                     saver.abort()
@@ -450,6 +489,8 @@ def main(argv=None) -> int:
                 saver.close()
     seconds = time.perf_counter() - started
 
+    if not per_sequence:
+        raise InferenceError(f"--data {data}: no sequence could be scored ({len(skipped)} skipped for damaged frames)")
     summary = summarise(per_sequence, [BICUBIC, *scorer.keys])
     rows = json_rows(summary)
     names = {BICUBIC: BICUBIC, **{m.key: m.label for m in models}}
@@ -462,7 +503,7 @@ def main(argv=None) -> int:
                         "per-sequence frame means, overall = mean of sequence means; "
                         + TEMPORAL_PROTOCOL,
             "seconds": round(seconds, 2),
-            "rows": rows,
+            "rows": rows, "skipped_damaged": skipped,
         }
         if len(models) == 1:  # the keys of a one-checkpoint report, as before several could be compared
             report.update(describe_weights(models[0].loaded))

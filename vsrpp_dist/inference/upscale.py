@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from ..cli import OneLineParser, run_cli
-from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, scan_source
+from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, cut_short_warning, scan_source
 from .common import (
     BackgroundWriter,
     ClipUpscaler,
@@ -282,9 +282,12 @@ class VideoFile:
         self.tmp.unlink(missing_ok=True)
 
 
-def plan_output(path: str, overwrite: bool) -> str:
-    """'video' or 'frames' for OUT, refusing what would overwrite the user's files."""
+def plan_output(path: str, overwrite: bool, source: str | None = None) -> str:
+    """'video' or 'frames' for OUT, refusing what would overwrite the user's files; OUT resolving to the
+    input (`source`: the video file or the frame folder) is refused whatever the flags."""
     out = Path(path)
+    if source is not None:
+        refuse_output_over_input(out, Path(source))
     suffix = out.suffix.lower()
     if suffix in VIDEO_FORMATS:
         if out.is_dir():
@@ -305,6 +308,20 @@ def plan_output(path: str, overwrite: bool) -> str:
     return "frames"
 
 
+def refuse_output_over_input(out: Path, source: Path) -> None:
+    """--overwrite replaces earlier outputs, never the source: the same path (through symlinks, `..`,
+    another spelling) or the same file (a hard link) as the input is refused before anything is written."""
+    same = out.resolve() == source.resolve()
+    if not same and out.exists():
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:
+            same = False
+    if same:
+        raise InferenceError(f"--output {out}: is the input {source} itself; writing there would destroy the "
+                             "source (--overwrite only replaces earlier outputs); choose another --output")
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 
@@ -315,7 +332,7 @@ def main(argv=None) -> int:
     args.compare_layout = args.compare_layout or "side"
     device = resolve_device(args.device)
     seq = open_input(args.input)
-    kind = plan_output(args.output, args.overwrite)
+    kind = plan_output(args.output, args.overwrite, source=seq.path)
     reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
@@ -358,6 +375,8 @@ def main(argv=None) -> int:
         raise
     if written == 0:
         raise InferenceError(f"{seq.path}: no frames could be decoded")
+    if not args.limit and (warning := cut_short_warning(seq, written)) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     seconds = time.perf_counter() - started
     h, w = lr_hw
     s = loaded.model_cfg.scale

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 
 from .. import __version__
-from ..config import config_to_dict
+from ..config import config_to_dict, recorded_config
 from ..errors import CheckpointError, CheckpointWriteError
 from ..weights import WEIGHTS_FILE, save_weights
 from . import model_card
@@ -120,7 +120,7 @@ class CheckpointContents:
             load_rng_state(folder, acc.process_index)
 
     def description(self) -> dict:
-        return {"config": config_to_dict(self.cfg), "world_size": self.accelerator.num_processes,
+        return {"config": recorded_config(self.cfg), "world_size": self.accelerator.num_processes,
                 "num_workers": self.cfg.data.num_workers, "batch_size_per_gpu": self.batches.batch_size_per_gpu,
                 "grad_accum_steps": self.batches.grad_accum_steps, "batches_consumed": self.state.batches_consumed,
                 "provenance": self.provenance, "torch": torch.__version__, "vsrpp_dist": __version__}

@@ -18,6 +18,7 @@ import torch
 
 from ..config import Config, LogConfig
 from ..files import atomic_write_text
+from ..masking import mask
 from .trackers import TENSORBOARD, Trackers, tracker_params
 
 LOG_NAME = "training.log"
@@ -128,7 +129,7 @@ class Observer:
     def _emit(self, level: int, message: str) -> None:
         if self.bar is not None:
             self.bar.clear()
-        self.logger.log(level, message)
+        self.logger.log(level, mask(message))  # training.log is shared and copied: no credentials in it
         if self.bar is not None:
             self.bar.refresh()
 

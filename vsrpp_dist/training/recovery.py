@@ -10,7 +10,7 @@ import traceback
 
 import torch
 
-from ..errors import CheckpointError, CheckpointWriteError, TrainingError
+from ..errors import CheckpointError, CheckpointWriteError, TrainingError, UserError
 from .state import StepResult
 
 # What gloo and NCCL say when the other end of a collective has gone away.
@@ -22,6 +22,14 @@ def lost_a_rank(err: BaseException) -> bool:
 
     return isinstance(err, getattr(dist, "DistNetworkError", ())) or (
         isinstance(err, RuntimeError) and any(text in str(err) for text in PEER_GONE))
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """A GPU or host allocation that failed: torch's OutOfMemoryError, Python's MemoryError, or the CPU
+    allocator's RuntimeError."""
+    return isinstance(err, (torch.OutOfMemoryError, MemoryError)) or (
+        isinstance(err, RuntimeError) and ("DefaultCPUAllocator: can't allocate memory" in str(err)
+                                           or "CUDA out of memory" in str(err)))
 
 
 def peer_gone_reason(err: BaseException) -> str:
@@ -41,6 +49,7 @@ class Recovery:
         self.contents = contents  # the model whose replicas are compared
         self.report = report
         self.compatibility = compatibility
+        self.stopped_alone = False  # set when a stop ended the run without the ranks agreeing on it
 
     # -- non-finite steps -----------------------------------------------------------------------------
 
@@ -129,6 +138,36 @@ class Recovery:
         self.observer.warn(f"emergency checkpoint written: {path}; continue with --resume", all_ranks=False)
         return code
 
+    def something_to_save(self) -> bool:
+        """Has a step been trained since the checkpoint this run last saved or started from? (Not at step 0
+        of a new run, not right after a checkpoint of this very step.)"""
+        from .checkpoint import NAME_RE
+
+        match = NAME_RE.match(self.checkpoints.last_saved or "")
+        return self.state.step > 0 and (match is None or int(match.group(2)) != self.state.step)
+
+    def stop_while_waiting(self, signals) -> int:
+        """A stop arrived while this rank waited for data that did not come (signals.StopWhileWaiting):
+        there is no step boundary for the ranks to agree at, so rank 0 saves the last finished step alone
+        (as after a crash) when something was trained since the last checkpoint, and the rank leaves without a
+        collective; a rank that still waits for it sees it gone and ends with one line. Returns 128 + the
+        signal."""
+        self.stopped_alone = True
+        name = signals.received or "a stop signal"
+        self.observer.warn(f"stop requested ({name}) while waiting for data (step {self.state.step + 1} had no "
+                           "batch yet); stopping without waiting for it")
+        if self.accelerator.is_main_process and self.something_to_save():
+            try:
+                path = self.checkpoints.save(self.state.step, ["emergency"], collective=False)
+                self.observer.warn(f"emergency checkpoint written: {path}; continue with --resume")
+            except CheckpointWriteError as err:
+                self.observer.error(f"emergency {err}")
+                return 1
+        elif self.accelerator.is_main_process:
+            self.observer.warn(f"nothing new to save: no step trained since the last checkpoint (step "
+                               f"{self.state.step})")
+        return signals.exit_code or 143
+
     def lost_a_rank(self, err: BaseException) -> bool:
         return self.accelerator.num_processes > 1 and lost_a_rank(err)
 
@@ -141,9 +180,15 @@ class Recovery:
             return
         if self.lost_a_rank(err):  # not a bug here: the traceback would only point at the next collective
             self.observer.error(f"lost contact with another rank at step {self.state.step}: {peer_gone_reason(err)}")
+        elif isinstance(err, UserError):  # the data or a setting (no usable sample left): one line says it all
+            self.observer.error(f"stopped at step {self.state.step}: {err}")
         else:
             self.observer.error(f"training failed at step {self.state.step}: {type(err).__name__}: {err}\n"
                                 + "".join(traceback.format_exception(err)))
+        if self.accelerator.is_main_process and not self.something_to_save():
+            self.observer.error(f"no emergency checkpoint: no step trained since the last checkpoint "
+                                f"(step {self.state.step})")
+            return
         try:
             path = self.checkpoints.save(self.state.step, ["emergency"], collective=False)
             if self.accelerator.is_main_process:

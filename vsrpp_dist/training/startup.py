@@ -40,6 +40,36 @@ def apply_device_plan(accelerator, plan: DevicePlan) -> None:
         torch.set_num_threads(threads)
 
 
+def check_memory_fits(cfg: Config, plan: DevicePlan) -> None:
+    """Settings whose memory cannot fit this device are refused before the run directory exists, in one
+    line naming them: the model's training state (weights, gradients, two Adam moments, the EMA: counted
+    on a model built on the meta device, which allocates nothing), and what one step holds at the least
+    (the clips as floats and one feature map per frame for each of the three trunks). A lower bound:
+    what passes may still run out of memory in a step, which is then said as such (Trainer)."""
+    from ..model.architecture import build_model, count_parameters
+
+    if plan.device_type == "cuda":
+        available = int(plan.gpu_memory_bytes * (plan.memory_fraction or 1.0))
+        where = f"the GPU's {available / 2**30:.1f} GB"
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        where = f"this machine's {available / 2**30:.1f} GB of memory"
+    with torch.device("meta"):
+        parameters = count_parameters(build_model(cfg.model))
+    state_bytes = parameters * 4 * (4 + int(cfg.ema.enabled))
+    if state_bytes > available:
+        raise ConfigError(f"model.channels={cfg.model.channels}: a model of {parameters:,} parameters needs "
+                          f"{state_bytes / 2**30:.1f} GB for its weights, gradients and optimizer state, more than "
+                          f"{where} (out of memory); lower model.channels or the block counts")
+    p, batch = cfg.data.lr_patch_size, cfg.data.batch_size_per_gpu
+    step_bytes = batch * cfg.model.num_frames * (3 * (3 * p) ** 2 + 3 * 3 * p * p + 3 * cfg.model.channels * p * p) * 4
+    if state_bytes + step_bytes > available:
+        raise ConfigError(f"data.batch_size_per_gpu={batch}: one step of {batch} clips of {p}x{p} LR pixels with "
+                          f"model.channels={cfg.model.channels} needs at least {step_bytes / 2**30:.1f} GB, more "
+                          f"than {where} (out of memory); lower data.batch_size_per_gpu or data.lr_patch_size "
+                          "(train.global_batch_size keeps the step's size through gradient accumulation)")
+
+
 @dataclass(frozen=True)
 class RunData:
     """The run's data, opened once: this rank's clip stream (not yet cut into batches: the batch size

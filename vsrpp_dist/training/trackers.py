@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ..config import Config, LogConfig, config_to_dict
-from ..data.locations import describe_error, mask
+from ..data.locations import describe_error
+from ..masking import mask
 from ..errors import ConfigError
 from ..files import atomic_write_text
 

@@ -12,6 +12,7 @@ and the logs need.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -23,11 +24,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..config import Config
-from ..data.stream import train_loader
-from ..errors import RankLostError
+from ..data.stream import end_loader_workers, train_loader
+from ..errors import RankLostError, TrainingError
 from ..model.architecture import count_parameters
 from ..model.loss import HybridLoss, photometric_weight_at
-from ..signals import StopSignals
+from ..signals import StopSignals, StopWhileWaiting
 from .adaptive import AdaptiveController
 from .autotune import Ranks, autotune
 from .builder import build_optimizer, build_training_model
@@ -35,14 +36,15 @@ from .checkpoint import CheckpointContents, CheckpointManager, list_complete
 from .ema import WeightEMA
 from .lr_schedule import LRSchedule
 from .observer import Observer
-from .recovery import Recovery, peer_gone_reason
+from .recovery import Recovery, out_of_memory, peer_gone_reason
 from .report import Report, log_batch_plan, log_start
 from .run_dir import StartRequest
 from .trackers import require_installed
 from .runtime import memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
 from .initial_weights import describe as describe_initial
 from .initial_weights import load_into, match, model_shapes, read_initial_weights
-from .startup import CompatibilityCheck, apply_device_plan, decide_run_dir, open_data, prepare_run_dir, resume
+from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, decide_run_dir, open_data,
+                      prepare_run_dir, resume)
 from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
 from .validation import Validator
 from .wrapping import BranchActivity
@@ -56,6 +58,7 @@ class Trainer:
         self.device_plan = plan_device(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
         self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)
         apply_device_plan(acc, self.device_plan)
+        check_memory_fits(cfg, self.device_plan)
         data = open_data(cfg, rank=acc.process_index, world_size=acc.num_processes)
         self.degradation = data.degradation
         self.run_dir = Path(cfg.run.dir).absolute()
@@ -145,6 +148,8 @@ class Trainer:
         destructors ("terminate called without an active exception", SIGABRT); on several machines the
         other launchers then wait out torch elastic's 300 s exit barrier."""
         code = self._train_to_the_end()
+        if self.recovery.stopped_alone and self.accelerator.num_processes > 1:
+            return code  # the others may sit in a collective this rank never joins: no barrier to wait at
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return code
@@ -182,11 +187,24 @@ class Trainer:
                 return 1
             self.report.finished()
             return 0
+        except StopWhileWaiting:
+            # stopped while this rank waited for data that did not come: no step boundary to agree at
+            code = self.recovery.stop_while_waiting(self.signals)
+            end_loader_workers()  # stuck on the same data; the DataLoader would wait 5 s for each
+            return code
         except BaseException as err:
+            if out_of_memory(err):  # the settings' doing, not a bug: one line naming them
+                err = TrainingError(f"out of memory in training step {state.step + 1} ({type(err).__name__}) with "
+                                    f"data.batch_size_per_gpu={self.batches.batch_size_per_gpu}, data.lr_patch_size="
+                                    f"{cfg.data.lr_patch_size}, model.channels={cfg.model.channels}; lower one of "
+                                    "them, then continue with --resume")
             self.recovery.crashed(err)
             if self.recovery.lost_a_rank(err):
+                end_loader_workers()  # they may wait on the same stalled data as the rank that left
                 raise RankLostError(f"another rank stopped at step {state.step} ({peer_gone_reason(err)}); this rank "
                                     "stops too; see that rank's output for why, then continue with --resume") from err
+            if isinstance(err, TrainingError):
+                raise err from None
             raise
         finally:
             self.signals.restore()
@@ -205,9 +223,18 @@ class Trainer:
         sums = torch.zeros(len(StepStats.PARTS), device=acc.device)
         data_wait = 0.0
         skipped = [0, 0]  # corrupt samples, bad shards this rank's stream met during this step
+        consumed_before = self.state.batches_consumed
         for _ in range(self.batches.grad_accum_steps):
             fetch = time.perf_counter()
-            batch = next(batches)
+            try:
+                with self.signals.interrupting() if self.signals else contextlib.nullcontext():
+                    batch = next(batches)
+            except StopWhileWaiting:
+                # the step is abandoned: the state stays that of the last finished step, so a resume
+                # continues the stream exactly where that step left it
+                self.state.batches_consumed = consumed_before
+                self.optimizer.zero_grad(set_to_none=True)
+                raise
             data_wait += time.perf_counter() - fetch
             skipped = [a + b for a, b in zip(skipped, batch["skipped"])]
             gt_btchw, lq_btchw = self._to_device(batch)

@@ -28,6 +28,7 @@ from torchvision.utils import make_grid
 
 from ..data.degradation import degrade_sequence
 from ..data.validation_set import ValidationSet
+from ..errors import ShardFormatError
 from ..imresize import downscale, upscale
 from ..metrics import psnr, ssim
 from ..temporal_metrics import GroundTruthTrack, TemporalTrack
@@ -117,6 +118,7 @@ class Validator:
         # so that every validation of the run scores the same input frames
         self.degraded = FixedDegradedSet(degradation, seed) if degradation is not None and \
             degradation.kind != "bicubic" else None
+        self._reported_damaged: set[int] = set()
         seqs = self.dataset.sequences
         observer.info(f"validation set: {len(seqs)} sequences, {sum(s['num_frames'] for s in seqs)} frames "
                       f"from {self.dataset.folder}")
@@ -142,10 +144,18 @@ class Validator:
                 rows += self._score_frames(model, seq, frames, mine, pairs, step, device)
             padding = [float(seq.index), 0.0, 0.0, 0.0] + [0.0] * (ROW_LENGTH - ROW_HEAD)
             rows += [padding] * (per_rank - len(mine))
+        for index, reason in self.dataset.damaged.items():  # skipped whole, on every rank alike
+            if index not in self._reported_damaged:
+                self._reported_damaged.add(index)
+                self.observer.warn(f"validation: sequence {index} skipped, it has a damaged frame ({reason}); "
+                                   "every validation of this run leaves it out", all_ranks=False)
         model.train(was_training)
         table = torch.tensor(rows, dtype=torch.float64, device=device).reshape(-1, ROW_LENGTH)
         table = acc.gather(table).cpu()
         table = table[table[:, 2] > 0]
+        if table.shape[0] == 0:  # every rank sees the same files: all of them stop here together
+            raise ShardFormatError(f"validation: every sequence of {self.dataset.folder} has a damaged frame; pack "
+                                   "the validation set again, or train without it (data.val_shards='')")
         return self._summarise(table, self.cfg.tof)
 
     def _score_frames(self, model, seq, frames, mine: range, pairs: SequencePairs, step, device) -> list[list[float]]:
