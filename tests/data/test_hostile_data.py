@@ -24,7 +24,7 @@ from vsrpp_dist.data.stream import build_train_loader
 from vsrpp_dist.data.validation_set import ValidationSet
 from vsrpp_dist.errors import ShardFormatError
 from vsrpp_dist.inference import evaluate
-from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
+from vsrpp_dist.weights import WEIGHTS_FILE
 
 from ..helpers import ROOT, TINY, copy_shards, make_config, read_scalars, run, save_weights, train
 
@@ -243,7 +243,7 @@ def test_a_damaged_validation_frame_skips_its_sequence_and_the_run_finishes(png_
 
 def test_evaluate_skips_a_damaged_sequence_and_scores_the_rest(png_val, tmp_path, capsys):
     val = damage_first_sequence(png_val, tmp_path / "val")
-    weights = save_weights(tmp_path / "w" / WEIGHTS_NAME)
+    weights = save_weights(tmp_path / "w" / WEIGHTS_FILE)
     rc, out, err = run(capsys, evaluate, "--checkpoint", weights, "--data", val, "--quiet", "--json", tmp_path / "r.json")
     assert rc == 0, err
     assert "000: skipped, a frame is damaged" in err

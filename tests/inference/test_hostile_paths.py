@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from vsrpp_dist.inference import evaluate, upscale
-from vsrpp_dist.training.checkpoint import WEIGHTS_NAME
+from vsrpp_dist.weights import WEIGHTS_FILE
 
 from ..helpers import copy_shards, run, save_weights, write_coded_video
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_NAME)
+    return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_FILE)
 
 
 def digest(path: Path) -> str:
