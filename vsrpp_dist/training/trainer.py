@@ -55,10 +55,25 @@ class Trainer:
         data = open_data(cfg, rank=acc.process_index, world_size=acc.num_processes)
         self.degradation = data.degradation
         self.run_dir = Path(cfg.run.dir).absolute()
-        start = prepare_run_dir(cfg, self.run_dir, request, acc, interactive)
+        start, self.run_lock = prepare_run_dir(cfg, self.run_dir, request, acc, interactive)
+        try:
+            self._build(cfg, acc, data, start, request)
+        except BaseException:
+            if self.run_lock is not None:  # a run that never started holds nothing
+                self.run_lock.release()
+            raise
+
+    def _build(self, cfg: Config, acc, data, start, request: StartRequest) -> None:
+        """Everything after the run directory is ours: its writers, the model, the components."""
         self.observer = Observer(self.run_dir, rank=acc.process_index, is_main=acc.is_main_process,
                                  total_steps=cfg.train.total_steps)
         log_start(self.observer, cfg, acc, self.device_plan, start, self.run_dir)
+        if self.run_lock is not None and self.run_lock.warning:
+            self.observer.warn(self.run_lock.warning)
+        if request.restart:
+            self.observer.warn(f"the launcher restarted this job after a failure (restart {request.restart}): "
+                               + ("continuing from the newest checkpoint" if start.mode == "resume" else
+                                  "no checkpoint was written before it, starting again from step 0"), all_ranks=False)
 
         batch_size_per_gpu, activation_checkpointing = profile_settings(cfg, self.device_plan)
         channels_last = cfg.train.channels_last
@@ -231,12 +246,14 @@ class Trainer:
                 self.ema.update(acc.unwrap_model(model))
             self.state.step += 1
             self.state.clips_seen += self.batches.global_batch_size
+        # Counted once the step is over (skipped or not): a crash checkpoint written in the middle of a
+        # step must resume at that step's first batch, or the resumed stream is shifted.
+        self.state.batches_consumed += self.batches.grad_accum_steps
         self.state.train_seconds += time.perf_counter() - started
         return StepResult(stats, finite, reduced["stop"] > 0, data_wait, learning_rate, phase)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.accelerator.device
-        self.state.batches_consumed += 1
         gt_btchw = batch["gt"].to(device, non_blocking=True).float().div_(255)
         if "lr" in batch:  # real LR frames were packed
             lq_btchw = batch["lr"].to(device, non_blocking=True).float().div_(255)
@@ -285,3 +302,5 @@ class Trainer:
     def close(self) -> None:
         self.activity.remove()
         self.observer.close()
+        if self.run_lock is not None:
+            self.run_lock.release()  # last: nothing of this run is written after it
