@@ -38,7 +38,8 @@ from .observer import Observer
 from .recovery import Recovery, peer_gone_reason
 from .report import Report, log_batch_plan, log_start
 from .run_dir import StartRequest
-from .runtime import memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
+from .runtime import (join_restarted_process_group, memoise_accelerate_package_checks, plan_batches, plan_device,
+                      profile_settings)
 from .startup import CompatibilityCheck, apply_device_plan, open_data, prepare_run_dir, resume
 from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
 from .validation import Validator
@@ -50,6 +51,7 @@ class Trainer:
         self.cfg = cfg
         memoise_accelerate_package_checks()
         self.device_plan = plan_device(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
+        join_restarted_process_group(self.device_plan)
         self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)
         apply_device_plan(acc, self.device_plan)
         data = open_data(cfg, rank=acc.process_index, world_size=acc.num_processes)
