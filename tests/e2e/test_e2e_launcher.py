@@ -158,6 +158,7 @@ def test_a_rank_killed_twice_heals_itself_and_ends_with_the_uninterrupted_weight
     launcher = subprocess.Popen(self_healing_command(run_dir, train_shards, val_shards), env=launcher_env(),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     status = run_dir / "training_status.txt"
+    killed_at: list[float] = []
 
     def step() -> int:
         try:
@@ -174,6 +175,7 @@ def test_a_rank_killed_twice_heals_itself_and_ends_with_the_uninterrupted_weight
             now = step()
             if pids and now >= after_step:
                 os.kill(pids[0], signal.SIGKILL)
+                killed_at.append(time.monotonic())
                 return now
             time.sleep(0.01)
         raise AssertionError(f"attempt {attempt} never reached step {after_step} (launcher exit {launcher.poll()})")
@@ -184,14 +186,16 @@ def test_a_rank_killed_twice_heals_itself_and_ends_with_the_uninterrupted_weight
         deadline = time.monotonic() + 120
         while "(restart 1)" not in (log.read_text() if log.is_file() else "") and time.monotonic() < deadline:
             time.sleep(0.05)
+        back = time.monotonic() - killed_at[0]
         second = kill_rank(0, attempt=1, after_step=first + 8)
         output, _ = launcher.communicate(timeout=120)
+        done = time.monotonic() - killed_at[1]
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
             launcher.wait()
-    print(f"rank 1 killed after step {first}, rank 0 of the restarted job after step {second}: launch exit "
-          f"{launcher.returncode}")
+    print(f"rank 1 killed after step {first}: restarted job logging {back:.1f} s later; rank 0 of the restarted job "
+          f"killed after step {second}: launch exit {launcher.returncode} {done:.1f} s later")
     assert launcher.returncode == 0, output[-4000:]
     log = (run_dir / "training.log").read_text()
     assert "the launcher restarted this job after a failure (restart 1): continuing from the newest checkpoint" in log

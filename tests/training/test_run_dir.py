@@ -39,10 +39,11 @@ time.sleep(600)
 
 
 def start_holder(run_dir: Path) -> tuple[subprocess.Popen, int]:
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True,
-                              cwd=ROOT)
-    child = int(holder.stdout.readline())
-    return holder, child
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run_dir)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    line = holder.stdout.readline()
+    assert line.strip().isdigit(), f"the holder did not start: {holder.stderr.read() if holder.poll() else line}"
+    return holder, int(line)
 
 
 def test_a_second_start_is_refused_naming_the_holder_until_the_holder_dies(tmp_path):
@@ -141,19 +142,24 @@ def test_symlinks_in_checkpoints_are_never_pruned_nor_resumed_and_saves_go_on(tr
     other = tmp_path / "other"
     train(make_config(other, train_shards, val_shards, "train.total_steps=2", *SHORT))
     foreign = other / "checkpoints" / "final-00000002"
+    untouched = {p.name: p.stat().st_size for p in foreign.iterdir()}
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "rolling-00000001").symlink_to(foreign)
     (run_dir / "checkpoints" / "rolling-00000004").symlink_to(tmp_path / "nowhere")
+    (run_dir / "checkpoints" / ".tmp-rolling-00000002").symlink_to(foreign)  # a save of step 2 writes through it
     _, code = train(make_config(run_dir, train_shards, val_shards, "train.total_steps=6", *SHORT))
     assert code == 0
     log = (run_dir / "training.log").read_text()
     assert ("symbolic links are not checkpoints of this run and are ignored (never removed, never resumed from "
-            "without --resume PATH): rolling-00000001, rolling-00000004") in log
+            "without --resume PATH): .tmp-rolling-00000002, rolling-00000001, rolling-00000004") in log
+    assert "incomplete checkpoint folders" not in log
     assert "finished: step 6" in log and "could not" not in log
     assert (run_dir / "checkpoints" / "rolling-00000001").is_symlink() and (foreign / "meta.json").is_file()
     assert (run_dir / "checkpoints" / "rolling-00000004").is_symlink()  # not replaced by this run's step 4
     assert "checkpoint saved: checkpoints/rolling-00000004-2 (rolling)" in log
+    assert "checkpoint saved: checkpoints/rolling-00000002-2 (rolling)" in log
+    assert {p.name: p.stat().st_size for p in foreign.iterdir()} == untouched, "the other run's checkpoint as it was"
     assert sorted(i.path.name for i in list_complete(run_dir)) == ["final-00000006"]
     _, code = train(make_config(run_dir, train_shards, val_shards, "train.total_steps=8", *SHORT),
                     StartRequest(resume="latest"))

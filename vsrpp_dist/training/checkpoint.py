@@ -148,7 +148,7 @@ class CheckpointManager:
         self.failed_final = False  # the end-of-training checkpoint could not be written
         if accelerator.is_main_process:
             self.folder.mkdir(parents=True, exist_ok=True)
-            stale = sorted(p.name for p in self.folder.iterdir() if p.name.startswith(TMP_PREFIX))
+            stale = sorted(p.name for p in self.folder.iterdir() if p.name.startswith(TMP_PREFIX) and not p.is_symlink())
             if stale:
                 observer.warn(f"{self.folder}: incomplete checkpoint folders from an interrupted save are ignored: "
                               f"{', '.join(stale)}")
@@ -201,8 +201,9 @@ class CheckpointManager:
     def _name(self, step: int, kind: str) -> str:
         name = f"{kind}-{step:08d}"
         n = 1
-        # lexists: a symbolic link (even a dangling one) under that name or its .tmp- name is not ours to replace
-        while os.path.lexists(self.folder / name) or os.path.lexists(self.folder / f"{TMP_PREFIX}{name}"):
+        # lexists: a symbolic link (even a dangling one) under that name is not ours to replace, nor is one
+        # under its .tmp- name (a .tmp- folder left by a crash is ours, and the save replaces it)
+        while os.path.lexists(self.folder / name) or (self.folder / f"{TMP_PREFIX}{name}").is_symlink():
             n += 1
             name = f"{kind}-{step:08d}-{n}"
         return name

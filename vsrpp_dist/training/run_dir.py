@@ -144,8 +144,8 @@ def _close_held_locks_in_child() -> None:
 
 os.register_at_fork(after_in_child=_close_held_locks_in_child)
 
-# errno values of a filesystem that has no (or no cluster-wide) file locks: Lustre without -o flock
-# (ENOSYS), NFS mounted with nolock and no local locking (ENOLCK), some FUSE filesystems (EOPNOTSUPP).
+# errno values of a filesystem that offers no file locks: Lustre mounted without -o flock (ENOSYS),
+# NFSv3 without a running lock daemon (ENOLCK), filesystems that do not implement flock (EOPNOTSUPP, EINVAL).
 NO_LOCKS = {errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL}
 
 
@@ -185,8 +185,8 @@ class RunLock:
             os.close(fd)
             return cls(path, None, f"{path}: the filesystem does not support file locks ({err.strerror}); nothing "
                                    "stops a second start in this run directory while this run lives")
-        holder = {"pid": os.getpid(), "host": socket.gethostname(),
-                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "argv": sys.argv}
+        # No command line: it may carry a pipe: location's credentials.
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(holder) + "\n").encode(), 0)
@@ -216,7 +216,9 @@ class RunLock:
 
 
 def read_holder(path: Path) -> str:
-    """Who holds the lock, from what it wrote into the file: 'pid 1234 on host node7 (started ...)'."""
+    """Who holds the lock, from what it wrote into the file: 'pid 1234 on host node7 (started ...)'.
+    Never called by the holder: on NFS, where flock is a POSIX lock underneath, closing any descriptor
+    of the file would drop the holder's lock."""
     for _ in range(20):  # the holder writes its name just after locking: give it a moment
         try:
             holder = json.loads(path.read_text())
