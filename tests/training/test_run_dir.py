@@ -23,17 +23,17 @@ from vsrpp_dist.training.run_dir import LOCK_NAME, RunLock, StartRequest, decide
 from ..helpers import ROOT, make_config, run, train
 
 # A process that takes the run's lock as rank 0 does, forks a child that sleeps on (as a DataLoader
-# worker does), says so, and waits to be killed.
+# worker does), and waits to be killed. The child says it runs (by then fork's handlers have run in it:
+# until a child is first scheduled it holds the descriptor fork gave it).
 HOLDER = """
 import os, sys, time
 from pathlib import Path
 from vsrpp_dist.training.run_dir import RunLock
 lock = RunLock.acquire(Path(sys.argv[1]))
-child = os.fork()
-if child == 0:
+if os.fork() == 0:
+    print(os.getpid(), flush=True)
     time.sleep(600)
     os._exit(0)
-print(child, flush=True)
 time.sleep(600)
 """
 
