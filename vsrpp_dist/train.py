@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -20,6 +22,9 @@ if __name__ == "__main__" and not __package__:
 from vsrpp_dist.cli import OneLineParser, run_cli
 from vsrpp_dist.config import describe, load_config
 
+# A config override (key.sub=value) as opposed to a checkpoint path, which may hold "=" only after a "/".
+OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+=")
+
 
 def parse_args(argv):
     parser = OneLineParser(
@@ -29,14 +34,20 @@ def parse_args(argv):
     parser.add_argument("--config", help="YAML config (configs/*.yaml); defaults apply where it is silent")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", nargs="?", const="latest", metavar="CHECKPOINT",
-                       help="continue the run: from its newest complete checkpoint, or from CHECKPOINT")
+                       help="continue the run: from its newest complete checkpoint, or from CHECKPOINT "
+                            "(an argument of the form key.sub=value after --resume is an override, not a "
+                            "checkpoint: --resume train.total_steps=16 resumes the newest one)")
     start.add_argument("--fresh", action="store_true",
                        help="start over; an existing run directory is moved to RUN.bak-TIMESTAMP (never deleted)")
     start.add_argument("--auto-resume", action="store_true",
                        help="resume when the run directory holds checkpoints, else start new (for requeued cluster jobs)")
     parser.add_argument("--help-config", action="store_true", help="list every config key with its default and meaning")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resume and OVERRIDE.match(args.resume):  # argparse took the first override for the checkpoint
+        args.overrides.insert(0, args.resume)
+        args.resume = "latest"
+    return args
 
 
 def main(argv=None) -> int:
@@ -49,7 +60,10 @@ def main(argv=None) -> int:
     from vsrpp_dist.training.run_dir import StartRequest
     from vsrpp_dist.training.trainer import Trainer
 
-    trainer = Trainer(cfg, StartRequest(resume=args.resume, fresh=args.fresh, auto_resume=args.auto_resume))
+    # torch elastic numbers the attempts of a job it restarts (accelerate launch --max_restarts N)
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    trainer = Trainer(cfg, StartRequest(resume=args.resume, fresh=args.fresh, auto_resume=args.auto_resume,
+                                        restart=restart))
     try:
         code = trainer.train()
     finally:

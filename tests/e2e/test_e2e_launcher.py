@@ -7,6 +7,7 @@ weights must be identical.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ..helpers import LAUNCH_STEPS, ROOT, TINY, final_weights, free_port, launch_command, launcher_env, read_scalars
+from ..helpers import (LAUNCH_STEPS, ROOT, TINY, final_weights, free_port, launch_command, launcher_env, proc_children,
+                       proc_env, read_scalars)
 
 pytestmark = pytest.mark.slow
 
@@ -160,3 +162,77 @@ def test_two_ranks_initialised_from_a_checkpoint_start_and_stay_identical(uninte
     extract = [k for k in start if k.startswith("feature_extractor.")]
     assert extract and all(torch.equal(after[k], start[k]) for k in extract)  # frozen: the source's, exactly
     assert any(not torch.equal(after[k], start[k]) for k in start if k not in extract)
+
+
+def self_healing_command(run_dir: Path, train_shards: Path, val_shards: Path) -> list[str]:
+    """The launch of `uninterrupted`, as launch/README's self-healing form: the launcher restarts the
+    job when a rank dies (--max_restarts), and --auto-resume makes every attempt continue the run."""
+    command = launch_command(run_dir, train_shards, val_shards, "--auto-resume")
+    at = command.index("--config_file")
+    command[at:at] = ["--max_restarts", "2", "--monitor_interval", "0.5", "--main_process_port", str(free_port())]
+    return command
+
+
+def test_a_rank_killed_twice_heals_itself_and_ends_with_the_uninterrupted_weights(uninterrupted, train_shards,
+                                                                                   val_shards, tmp_path):
+    """kill -9 of rank 1 (rank 0 survives, writes a crash checkpoint and must let go of the run's lock),
+    then, in the restarted job, kill -9 of rank 0 (the lock's holder dies; rank 1 writes nothing): each
+    time the launcher restarts both ranks, which take the lock again and resume the newest checkpoint,
+    without a person. The run must end with exactly the uninterrupted run's weights and losses."""
+    run_dir = tmp_path / "healing"
+    launcher = subprocess.Popen(self_healing_command(run_dir, train_shards, val_shards), env=launcher_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    status = run_dir / "training_status.txt"
+    killed_at: list[float] = []
+
+    def step() -> int:
+        try:
+            return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("step "))
+        except (OSError, StopIteration, ValueError, IndexError):
+            return -1
+
+    def kill_rank(rank: int, attempt: int, after_step: int) -> int:
+        deadline = time.monotonic() + 120  # a start takes seconds; a restart that hangs never gets there
+        while time.monotonic() < deadline and launcher.poll() is None:
+            pids = [pid for pid in proc_children(launcher.pid)
+                    if proc_env(pid).get("RANK") == str(rank)
+                    and proc_env(pid).get("TORCHELASTIC_RESTART_COUNT") == str(attempt)]
+            now = step()
+            if pids and now >= after_step:
+                os.kill(pids[0], signal.SIGKILL)
+                killed_at.append(time.monotonic())
+                return now
+            time.sleep(0.01)
+        raise AssertionError(f"attempt {attempt} never reached step {after_step} (launcher exit {launcher.poll()})")
+
+    try:
+        first = kill_rank(1, attempt=0, after_step=12)
+        log = run_dir / "training.log"
+        deadline = time.monotonic() + 120
+        while "(restart 1)" not in (log.read_text() if log.is_file() else "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        back = time.monotonic() - killed_at[0]
+        second = kill_rank(0, attempt=1, after_step=first + 8)
+        output, _ = launcher.communicate(timeout=120)
+        done = time.monotonic() - killed_at[1]
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+            launcher.wait()
+    print(f"rank 1 killed after step {first}: restarted job logging {back:.1f} s later; rank 0 of the restarted job "
+          f"killed after step {second}: launch exit {launcher.returncode} {done:.1f} s later")
+    assert launcher.returncode == 0, output[-4000:]
+    log = (run_dir / "training.log").read_text()
+    assert "the launcher restarted this job after a failure (restart 1): continuing from the newest checkpoint" in log
+    assert "(restart 2): continuing from the newest checkpoint" in log
+    resumed = [line.split("resumed from ", 1)[1].split()[0] for line in log.splitlines() if "resumed from " in line]
+    assert len(resumed) == 2, resumed
+    assert Path(resumed[0]).name.startswith("emergency-"), "rank 0 survived the first kill and saved its step"
+    kinds = json.loads((Path(resumed[1]) / "meta.json").read_text())["kinds"]
+    assert "rolling" in kinds and "emergency" not in kinds, "rank 1 survived the second: the newest rolling checkpoint"
+    assert f"finished: step {STEPS}" in log
+
+    expected, got = read_scalars(uninterrupted, "Loss/Total"), read_scalars(run_dir, "Loss/Total")
+    assert got == expected, "losses of the healed run differ from the uninterrupted run"
+    a, b = final_weights(uninterrupted), final_weights(run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "final weights differ"

@@ -36,7 +36,7 @@ from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complet
 from vsrpp_dist.training.state_files import read_tree
 from vsrpp_dist.weights import WEIGHTS_FILE, read_weights
 
-from ..helpers import ROOT, TINY, free_port, launch_command, launcher_env
+from ..helpers import ROOT, TINY, free_port, launch_command, launcher_env, proc_children, proc_env
 
 pytestmark = pytest.mark.slow
 
@@ -57,25 +57,6 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
-
-
-def proc_children(pid: int) -> list[int]:
-    """Direct children of `pid`, from /proc (no psutil)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _read(entry / "stat")
-            if stat and int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                children.append(int(entry.name))
-    return children
-
-
-def proc_env(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
 
 
 def processes_mentioning(text: str) -> list[int]:

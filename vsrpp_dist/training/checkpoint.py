@@ -142,7 +142,9 @@ def read_info(path: Path) -> CheckpointInfo | None:
     """The checkpoint at `path` if it is complete, else None."""
     match = NAME_RE.match(path.name)
     meta_path = path / META_NAME
-    if not match or not path.is_dir() or not meta_path.is_file():
+    # A symbolic link is never one of the run's checkpoints, whatever it points to: pruning it or
+    # resuming from it by name would act on someone else's folder (`--resume PATH` follows links).
+    if not match or path.is_symlink() or not path.is_dir() or not meta_path.is_file():
         return None
     try:
         meta = json.loads(meta_path.read_text())
@@ -197,10 +199,14 @@ class CheckpointManager:
         self.failed_final = False  # the end-of-training checkpoint could not be written
         if accelerator.is_main_process:
             self.folder.mkdir(parents=True, exist_ok=True)
-            stale = sorted(p.name for p in self.folder.iterdir() if p.name.startswith(TMP_PREFIX))
+            stale = sorted(p.name for p in self.folder.iterdir() if p.name.startswith(TMP_PREFIX) and not p.is_symlink())
             if stale:
                 observer.warn(f"{self.folder}: incomplete checkpoint folders from an interrupted save are ignored: "
                               f"{', '.join(stale)}")
+            links = sorted(p.name for p in self.folder.iterdir() if p.is_symlink())
+            if links:
+                observer.warn(f"{self.folder}: symbolic links are not checkpoints of this run and are ignored "
+                              f"(never removed, never resumed from without --resume PATH): {', '.join(links)}")
         accelerator.wait_for_everyone()
 
     # -- policy ---------------------------------------------------------------------------------------
@@ -246,7 +252,9 @@ class CheckpointManager:
     def _name(self, step: int, kind: str) -> str:
         name = f"{kind}-{step:08d}"
         n = 1
-        while (self.folder / name).exists():
+        # lexists: a symbolic link (even a dangling one) under that name is not ours to replace, nor is one
+        # under its .tmp- name (a .tmp- folder left by a crash is ours, and the save replaces it)
+        while os.path.lexists(self.folder / name) or (self.folder / f"{TMP_PREFIX}{name}").is_symlink():
             n += 1
             name = f"{kind}-{step:08d}-{n}"
         return name
@@ -281,13 +289,10 @@ class CheckpointManager:
             raise CheckpointWriteError(f"checkpoint {name} could not be written ({reason}); "
                                        f"{self.last_saved or 'no earlier checkpoint'} stays the latest")
         if main:
-            os.replace(tmp, final_path)  # the commit point
-            point_symlink(self.run_dir / LATEST_LINK, final_path)
-            if "best" in kinds:
-                point_symlink(self.run_dir / BEST_LINK, final_path)
+            os.replace(tmp, final_path)  # the commit point: from here on the checkpoint exists, whatever fails
             self.last_saved = name
             self.observer.info(f"checkpoint saved: {final_path.relative_to(self.run_dir)} ({', '.join(kinds)})")
-            self._prune()
+            self._after_commit(final_path, kinds)
         if collective:
             self.last_saved = _broadcast_str(acc, self.last_saved)
             acc.wait_for_everyone()
@@ -309,6 +314,17 @@ class CheckpointManager:
             return err
         return None
 
+    def _after_commit(self, final_path: Path, kinds: list[str]) -> None:
+        """Symlinks and pruning: a failure here is reported, but the checkpoint is written and says so."""
+        try:
+            point_symlink(self.run_dir / LATEST_LINK, final_path)
+            if "best" in kinds:
+                point_symlink(self.run_dir / BEST_LINK, final_path)
+        except OSError as err:
+            self.observer.warn(f"checkpoint {final_path.name} is written, but the symlinks to it could not be "
+                               f"updated ({err.strerror or err}); --resume still finds it")
+        self._prune()
+
     def _prune(self) -> None:
         """Keep: regular, final and emergency checkpoints; the newest `rolling_keep` that were rolling;
         the symlink targets. Remove the rest (old rolling ones, superseded best ones), logging each."""
@@ -320,7 +336,12 @@ class CheckpointManager:
             kinds = set(info.meta.get("kinds", [info.kind]))
             if kinds & {"regular", "final", "emergency"} or info.path in keep or info.path.resolve() in protected:
                 continue
-            shutil.rmtree(info.path)
+            try:
+                shutil.rmtree(info.path)
+            except OSError as err:  # kept, and said: pruning never fails a save that is already complete
+                self.observer.warn(f"checkpoint {info.path.name} could not be removed by policy "
+                                   f"({err.strerror or err}); it stays")
+                continue
             self.observer.info(f"checkpoint removed by policy: {info.path.relative_to(self.run_dir)} "
                                f"({', '.join(sorted(kinds))}; keeping {self.cfg.rolling_keep} rolling and the best)")
 

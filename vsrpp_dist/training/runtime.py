@@ -110,3 +110,26 @@ def memoise_accelerate_package_checks() -> None:
     cached = functools.cache(accelerate.optimizer.is_lomo_available)
     accelerate.optimizer.is_lomo_available = cached
     accelerate.accelerator.is_lomo_available = cached
+
+
+def join_restarted_process_group(device_plan: DevicePlan) -> None:
+    """Under a launcher that restarts the job (`accelerate launch --max_restarts N`, torch elastic), join the
+    process group under a store prefix of this attempt's own, before Accelerate would join it without one.
+
+    The launcher's agent keeps one TCPStore for all attempts (static rendezvous; c10d's shared store
+    likewise), and the process group's keys carry no attempt number: a restarted rank can read the
+    address a dead rank of the previous attempt published there and wait for it forever (seen here: both
+    ranks of a restart stuck in gloo's connectFullMesh, in 3 restarts of 6). Older torch prefixed the keys
+    per attempt; this does the same. Every rank of an attempt has the same TORCHELASTIC_RESTART_COUNT on
+    one node and with static rendezvous across nodes (each agent restarts once per failure, as every
+    rank fails with it); Accelerate takes a group it finds initialised."""
+    import torch.distributed as dist
+
+    restarts_allowed = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+    if not restarts_allowed or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
+        return
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    dist.init_process_group("nccl" if device_plan.device_type == "cuda" else "gloo",
+                            store=dist.PrefixStore(f"vsrpp_dist/attempt_{attempt}", store),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))

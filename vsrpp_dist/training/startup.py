@@ -23,7 +23,7 @@ from ..data.validation_set import ValidationSet
 from ..errors import CheckpointError, ShardFormatError, StartError
 from ..files import atomic_write_text
 from .model_card import data_summary
-from .run_dir import StartDecision, StartRequest, check_writable, decide_start, move_aside
+from .run_dir import RunLock, StartDecision, StartRequest, check_writable, decide_start, has_checkpoints, move_aside
 from .runtime import DevicePlan, cpu_threads
 
 
@@ -109,23 +109,60 @@ def open_data(cfg: Config, *, rank: int, world_size: int) -> RunData:
     return RunData(stream, validation_set, degradation)
 
 
-def decide_run_dir(run_dir: Path, request: StartRequest, accelerator, interactive: bool | None) -> StartDecision:
-    """Decide new / resume / fresh on every rank from the same files; nothing is changed yet."""
-    return decide_start(run_dir, request, num_processes=accelerator.num_processes, interactive=interactive)
+def will_resume(run_dir: Path, request: StartRequest) -> bool:
+    """Whether this start continues the run for certain (asked for, or automatic with checkpoints there),
+    read before anything is locked or written: such a start never reads init.from."""
+    return bool(request.resume) or ((request.auto_resume or request.restart > 0) and has_checkpoints(run_dir))
 
 
-def prepare_run_dir(cfg: Config, run_dir: Path, decision: StartDecision, accelerator) -> StartDecision:
-    """Once every rank has decided: rank 0 alone moves an old run aside, checks the folder is writable
-    and writes config.yaml, between two barriers."""
-    accelerator.wait_for_everyone()  # everyone has looked before rank 0 changes anything
-    moved = None
-    if accelerator.is_main_process:
-        if decision.mode == "fresh":
-            moved = move_aside(run_dir)
-        check_writable(run_dir)
-        write_config(cfg, run_dir)
-    accelerator.wait_for_everyone()
-    return dataclasses.replace(decision, moved_to=moved)
+def prepare_run_dir(cfg: Config, run_dir: Path, request: StartRequest, accelerator,
+                    interactive: bool | None) -> tuple[StartDecision, RunLock | None]:
+    """Rank 0 locks the run directory before anything in it is written (a second start of the same run
+    is refused here, on every rank, naming the holder); then every rank decides new / resume / fresh
+    from the same files, and rank 0 alone moves an old run aside, checks the folder is writable and
+    writes config.yaml. An error on rank 0 reaches every rank as the same line, so none waits forever.
+    Returns the decision and, on rank 0, the lock the run holds until it ends."""
+    main = accelerator.is_main_process
+    lock, refusal = None, ""
+    if main:
+        try:
+            lock = RunLock.acquire(run_dir)
+        except StartError as err:
+            refusal = str(err)
+    _raise_on_every_rank(accelerator, refusal)
+    try:
+        # After the lock: no other start can add or move checkpoints between this look and our changes.
+        decision = decide_start(run_dir, request, num_processes=accelerator.num_processes, interactive=interactive)
+        accelerator.wait_for_everyone()  # everyone has looked before rank 0 changes anything
+        moved, error = None, ""
+        if main:
+            try:
+                if decision.mode == "fresh":
+                    moved = move_aside(run_dir)
+                    old_lock, lock = lock, RunLock.acquire(run_dir)  # the new run's, before the old run's goes
+                    old_lock.release()
+                check_writable(run_dir)
+                write_config(cfg, run_dir)
+            except StartError as err:
+                error = str(err)
+        _raise_on_every_rank(accelerator, error)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return dataclasses.replace(decision, moved_to=moved), lock
+
+
+def _raise_on_every_rank(accelerator, message: str) -> None:
+    """Rank 0's start error (or none) on every rank: a collective, so it also keeps the ranks in step."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        box = [message]
+        broadcast_object_list(box, from_process=0)
+        message = box[0]
+    if message:
+        raise StartError(message)
 
 
 def write_config(cfg: Config, run_dir: Path) -> None:

@@ -39,12 +39,13 @@ from .observer import Observer
 from .recovery import Recovery, out_of_memory, peer_gone_reason
 from .report import Report, log_batch_plan, log_start
 from .run_dir import StartRequest
-from .trackers import require_installed
-from .runtime import memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
 from .initial_weights import describe as describe_initial
 from .initial_weights import load_into, match, model_shapes, read_initial_weights
-from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, decide_run_dir, open_data,
-                      prepare_run_dir, resume)
+from .runtime import (join_restarted_process_group, memoise_accelerate_package_checks, plan_batches, plan_device,
+                      profile_settings)
+from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, open_data, prepare_run_dir, resume,
+                      will_resume)
+from .trackers import require_installed
 from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
 from .validation import Validator
 from .wrapping import BranchActivity
@@ -56,22 +57,39 @@ class Trainer:
         require_installed(cfg.log.trackers)  # before anything is made: a missing library costs one line
         memoise_accelerate_package_checks()
         self.device_plan = plan_device(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
+        join_restarted_process_group(self.device_plan)
         self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)
         apply_device_plan(acc, self.device_plan)
         check_memory_fits(cfg, self.device_plan)
         data = open_data(cfg, rank=acc.process_index, world_size=acc.num_processes)
         self.degradation = data.degradation
         self.run_dir = Path(cfg.run.dir).absolute()
-        start = decide_run_dir(self.run_dir, request, acc, interactive)
         # A new run's starting weights are read and matched before the run directory is touched; a
         # resumed run restores its own checkpoint and never reads init.from again.
-        initial = read_initial_weights(cfg) if start.mode != "resume" else None
+        initial = None if will_resume(self.run_dir, request) else read_initial_weights(cfg)
         init_report = match(cfg, initial) if initial is not None else None
-        start = prepare_run_dir(cfg, self.run_dir, start, acc)
+        start, self.run_lock = prepare_run_dir(cfg, self.run_dir, request, acc, interactive)
+        if start.mode == "resume":
+            initial = init_report = None  # a resume chosen at the prompt continues the run's own weights
+        try:
+            self._build(cfg, acc, data, start, request, initial, init_report)
+        except BaseException:
+            if self.run_lock is not None:  # a run that never started holds nothing
+                self.run_lock.release()
+            raise
+
+    def _build(self, cfg: Config, acc, data, start, request: StartRequest, initial, init_report) -> None:
+        """Everything after the run directory is ours: its writers, the model, the components."""
         self.observer = Observer(self.run_dir, rank=acc.process_index, is_main=acc.is_main_process,
                                  total_steps=cfg.train.total_steps, log=cfg.log)
         log_start(self.observer, cfg, acc, self.device_plan, start, self.run_dir)
         self.observer.start_trackers(cfg, resume=start.mode == "resume")
+        if self.run_lock is not None and self.run_lock.warning:
+            self.observer.warn(self.run_lock.warning)
+        if request.restart:
+            self.observer.warn(f"the launcher restarted this job after a failure (restart {request.restart}): "
+                               + ("continuing from the newest checkpoint" if start.mode == "resume" else
+                                  "no checkpoint was written before it, starting again from step 0"), all_ranks=False)
 
         batch_size_per_gpu, activation_checkpointing = profile_settings(cfg, self.device_plan)
         channels_last = cfg.train.channels_last
@@ -280,12 +298,14 @@ class Trainer:
                 self.ema.update(acc.unwrap_model(model))
             self.state.step += 1
             self.state.clips_seen += self.batches.global_batch_size
+        # Counted once the step is over (skipped or not): a crash checkpoint written in the middle of a
+        # step must resume at that step's first batch, or the resumed stream is shifted.
+        self.state.batches_consumed += self.batches.grad_accum_steps
         self.state.train_seconds += time.perf_counter() - started
         return StepResult(stats, finite, reduced["stop"] > 0, data_wait, learning_rate, phase)
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.accelerator.device
-        self.state.batches_consumed += 1
         gt_btchw = batch["gt"].to(device, non_blocking=True).float().div_(255)
         if "lr" in batch:  # real LR frames were packed
             lq_btchw = batch["lr"].to(device, non_blocking=True).float().div_(255)
@@ -334,3 +354,5 @@ class Trainer:
     def close(self) -> None:
         self.activity.remove()
         self.observer.close()
+        if self.run_lock is not None:
+            self.run_lock.release()  # last: nothing of this run is written after it
