@@ -12,7 +12,8 @@ all from the same seed and for the same `--steps`:
     configs/finetune.yaml) against `scratch-own` (the same steps on the same footage from random weights)
     and the base alone; scored on the video's last 25 %.
 (b) real-world stage: `realistic-scratch` against `realistic-from-base` (degradation.kind=realistic on
-    the demo footage, init.from=base); scored on a seeded realistic degradation of the held-out footage
+    the demo footage, init.from=base, the demo's LR) and `realistic-from-base-lowlr` (the same at the
+    fine-tuning recipe's LR, as RealBasicVSR's second stage learns slower than its first); scored on a seeded realistic degradation of the held-out footage
     (the two held-out pans and the video's last 25 %) and on its clean bicubic input.
 (c) alignment upgrade: `flow_deform-from-base` (init.from=base, init.strict=false: the trunks load, the
     alignment is new) against `flow_deform-scratch` and `implicit-continued` (init.from=base); scored on
@@ -57,17 +58,21 @@ def add_parser(subparsers) -> None:
 
 
 def train(args, work: Path, name: str, shards: Path, steps: int, extra: list[str], say) -> Path:
+    """One run, or the finished run of exactly this command from an earlier call (a later call with
+    --parts can add comparisons to the same base)."""
     run_dir = work / "runs" / name
-    if (run_dir / "checkpoint_latest").exists() and f"finished: step {steps}," in (run_dir / "training.log").read_text():
-        say(f"{name}: reusing the finished run in {run_dir}")
-        return run_dir
     cmd = [sys.executable, str(TRAIN_SCRIPT), "--config", args.config, f"run.dir={run_dir}",
            f"run.seed={args.seed}", f"data.train_shards={shards}", "data.val_shards=", f"train.total_steps={steps}",
            "train.log_every=50", "checkpoint.rolling_every=0", "checkpoint.regular_every=0", "validation.every=0",
            *args.overrides, *extra, "--fresh"]
+    record = work / "runs" / f"{name}.command.json"
+    if record.is_file() and json.loads(record.read_text()) == cmd[1:] and (run_dir / "checkpoint_latest").exists():
+        say(f"{name}: reusing the finished run of the same command in {run_dir}")
+        return run_dir
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     say(f"{name}: {steps} steps ({' '.join(extra) or 'demo settings'})")
     run_training(cmd, work / f"{name}.log")
+    record.write_text(json.dumps(cmd[1:]))
     say(f"{name}: {trained_seconds(run_dir):.0f} s in training steps")
     return run_dir
 
@@ -139,7 +144,11 @@ def run(args) -> int:
         runs = {"realistic-scratch": train(args, work, "realistic-scratch", demo_shards, args.steps,
                                            ["degradation.kind=realistic"], say),
                 "realistic-from-base": train(args, work, "realistic-from-base", demo_shards, args.steps,
-                                             ["degradation.kind=realistic", *from_base], say)}
+                                             ["degradation.kind=realistic", *from_base], say),
+                # RealBasicVSR's second stage learns at a fraction of the first's rate: the same with the
+                # fine-tuning recipe's LR
+                "realistic-from-base-lowlr": train(args, work, "realistic-from-base-lowlr", demo_shards, args.steps,
+                                                   ["degradation.kind=realistic", *from_base, *FINETUNE_RECIPE], say)}
         for name, run_dir in runs.items():
             row("realistic", name, run_dir, held_out, realistic, f"realistic seed {DEGRADATION_SEED}")
             row("realistic", name, run_dir, held_out, [], "bicubic")
