@@ -87,7 +87,7 @@ def score(run_dir: Path, held_out: list[Path], out: Path, degradation: list[str]
         report = out / f"{folder.name}{'-' + degradation[1] if degradation else ''}.json"
         with open(out / "evaluate.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             code = evaluate(["--checkpoint", str(run_dir / "checkpoint_latest"), "--data", str(folder), "--json",
-                             str(report), "--quiet", *degradation])
+                             str(report), "--overwrite", "--quiet", *degradation])
         if code != 0:
             raise RuntimeError(f"evaluating {run_dir} on {folder} failed (see {out}/evaluate.log)")
         rows = json.loads(report.read_text())["rows"]
