@@ -40,7 +40,7 @@ from .recovery import Recovery, out_of_memory, peer_gone_reason
 from .report import Report, log_batch_plan, log_start
 from .run_dir import StartRequest
 from .trackers import require_installed
-from .runtime import memoise_accelerate_package_checks, plan_batches, plan_device, profile_settings
+from .runtime import plan_batches, plan_device, profile_settings
 from .initial_weights import describe as describe_initial
 from .initial_weights import load_into, match, model_shapes, read_initial_weights
 from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, decide_run_dir, open_data,
@@ -54,7 +54,9 @@ class Trainer:
     def __init__(self, cfg: Config, request: StartRequest = StartRequest(), *, interactive: bool | None = None) -> None:
         self.cfg = cfg
         require_installed(cfg.log.trackers)  # before anything is made: a missing library costs one line
-        memoise_accelerate_package_checks()
+        # Accelerate's optimizer step asks importlib twice whether the optional lomo_optim is installed; that
+        # costs 0.05-0.10 ms of a 13 ms tiny step and is left to Accelerate: caching it meant replacing
+        # functions inside Accelerate's modules for the whole process (BENCHMARKS.md, "Training step").
         self.device_plan = plan_device(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
         self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)
         apply_device_plan(acc, self.device_plan)
