@@ -390,6 +390,7 @@ class ClipUpscaler:
         self.tile = tile
         self.cache = FrameCache()
         self.cache_bytes = cache_bytes
+        self._said_cache_too_small = False  # the note is given once per run
         self.amp_dtype = None
         if amp:
             # bf16 keeps fp32's range (no overflow in deep trunks); fp16 only where bf16 is missing
@@ -436,7 +437,7 @@ class ClipUpscaler:
         need = distinct * pixels * (self.model_cfg.channels + flow_channels) * 4
         if need <= self.cache_bytes:
             return True
-        if not getattr(self, "_said_cache_too_small", False):
+        if not self._said_cache_too_small:
             note(f"tiled features of the frames in flight need {need / 2**30:.1f} GiB, more than --cache-gb "
                  f"{self.cache_bytes / 2**30:g}: each window is computed from scratch (same output, more compute)")
             self._said_cache_too_small = True
