@@ -14,6 +14,7 @@ from vsrpp_dist.config import load_config
 from vsrpp_dist.data import shard_format as fmt
 from vsrpp_dist.data.stream import (
     ClipStream,
+    ClipTimings,
     DataStreamError,
     EpochPlan,
     ShardReader,
@@ -79,6 +80,19 @@ def test_same_seed_same_batches_other_seed_other_batches(train_shards):
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, y) for x, y in zip(a, c))
     assert a[0].shape == (2, 5, 3, 48, 48) and a[0].dtype == torch.uint8
+
+
+def test_a_stream_given_clip_timings_adds_its_clip_and_decode_seconds_and_yields_the_same_batches(train_shards):
+    """`bench loader`'s breakdown of a clip's time: the recorder is passed in, the stream is the same."""
+    timings = ClipTimings()
+    loader = build_train_loader(train_shards, data_cfg(), seed=0, rank=0, world_size=1, batch_size=2,
+                                clip_timings=timings)
+    timed = [b["gt"] for b in itertools.islice(loader, 3)]
+    assert 0 < timings.decode_s < timings.make_clip_s
+    after_three = timings.make_clip_s
+    next(iter(loader))
+    assert timings.make_clip_s > after_three  # every clip adds
+    assert all(torch.equal(x, y) for x, y in zip(timed, first_batches(train_shards, 3)))
 
 
 @pytest.mark.parametrize("workers, start", [(0, 5), (2, 3), (2, 4), (3, 7)])

@@ -57,9 +57,10 @@ def onnx_vs_torch(weights: Path, onnx_file: Path, shape: tuple[int, ...]) -> flo
 
 
 @pytest.mark.parametrize("alignment", ["implicit", pytest.param("flow_deform", marks=pytest.mark.slow)])
-def test_export_runs_in_onnxruntime_like_pytorch(alignment, real_frames, tmp_path, capsys):
+def test_export_runs_in_onnxruntime_like_pytorch(alignment, real_frames, tmp_path, capsys, recwarn):
     """flow_deform covers the flow net, grid_sample warps and the deformable conv's decomposition (its
-    export takes ~30 s here: slow)."""
+    export takes ~30 s here: slow). The model keeps nothing of a call on its modules: the exporter, which
+    warns about tensors a traced forward assigns to attributes, has nothing to say (no filter needed)."""
     extra = {} if alignment == "implicit" else SMALL_FLOW
     weights = moving_weights(tmp_path / "w.pt", alignment=alignment, **extra)
     if alignment != "implicit":
@@ -71,6 +72,7 @@ def test_export_runs_in_onnxruntime_like_pytorch(alignment, real_frames, tmp_pat
     rc, stdout, err = run(capsys, export, "--checkpoint", weights, "--onnx", out, "--size", "40x32",
                           "--frames", real_frames)
     assert rc == 0, err
+    assert not [w for w in recwarn if "tensor attributes" in str(w.message)]
     assert f"exported {alignment} model" in stdout and "real frames" in stdout
     assert stdout.count("max |onnxruntime - PyTorch|") == 5  # four cases and the summary
     assert onnx_vs_torch(weights, out, (2, 5, 3, 27, 45)) < 1e-4

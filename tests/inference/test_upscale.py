@@ -23,6 +23,7 @@ from vsrpp_dist.inference.common import (
     receptive_radius,
     sliding_windows,
     tile_spans,
+    time_cudnn_algorithms_per_shape,
     to_uint8,
 )
 from vsrpp_dist.model.architecture import build_model
@@ -596,3 +597,20 @@ def test_bench_upscale_counts_the_extractor_once_per_frame(tmp_path, capsys):
     saved = (result["scratch"]["gflops_per_frame"] - result["cached"]["gflops_per_frame"]) * 1e9
     assert saved == pytest.approx(4 * extractor, rel=1e-6)
     assert "cached/scratch" in capsys.readouterr().out
+
+
+def test_cudnn_algorithm_timing_is_set_by_the_command_for_a_gpu_run_not_by_each_upscaler(tmp_path):
+    """cudnn.benchmark is process-wide: the command sets it once where it applies its device (a GPU
+    run only); building an upscaler (evaluate builds one per model) leaves it alone."""
+    loaded = load_model(save_weights(tmp_path / "w.pt"), torch.device("cpu"))
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        ClipUpscaler(loaded, torch.device("cuda"))
+        assert not torch.backends.cudnn.benchmark
+        time_cudnn_algorithms_per_shape(torch.device("cpu"))
+        assert not torch.backends.cudnn.benchmark
+        time_cudnn_algorithms_per_shape(torch.device("cuda"))
+        assert torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = before

@@ -97,18 +97,24 @@ def test_deformable_conv_by_sampling_equals_torchvision():
 
 def test_deformable_alignment_starts_as_the_flow_guided_conv():
     """Zero-initialised offsets: the deformable conv samples each tap at the flow, mask 0.5. With zero
-    flow that is an ordinary 3x3 conv (halved), with an integer flow the same conv of the shifted state."""
+    flow that is an ordinary 3x3 conv (halved), with an integer flow the same conv of the shifted state.
+    The call also returns the mean absolute offset it sampled at (the training logs' `offset_mean`)."""
     torch.manual_seed(0)
     align = FlowGuidedDeformAlign(channels=4, deform_groups=2, max_residue=3.0)
     state, neighbour = torch.rand(1, 4, 10, 12), torch.rand(1, 4, 10, 12)
     zero = torch.zeros(1, 2, 10, 12)
     expected = 0.5 * F.conv2d(state, align.weight, padding=1) + align.bias.view(1, -1, 1, 1)
-    assert torch.allclose(align(state, neighbour, zero), expected, atol=1e-5)
+    aligned, offset_abs_mean = align(state, neighbour, zero)
+    assert torch.allclose(aligned, expected, atol=1e-5)
+    assert offset_abs_mean == 0
     flow = zero.clone()
     flow[:, 1] = -1  # y - 1
     shifted = 0.5 * F.conv2d(flow_warp(state, flow), align.weight, padding=1) + align.bias.view(1, -1, 1, 1)
+    aligned, offset_abs_mean = align(state, neighbour, flow)
     # (the bottom row differs: the conv of the warped state pads there, the deformable taps sample real rows)
-    assert torch.allclose(align(state, neighbour, flow)[..., :-1, :], shifted[..., :-1, :], atol=1e-5)
+    assert torch.allclose(aligned[..., :-1, :], shifted[..., :-1, :], atol=1e-5)
+    assert offset_abs_mean == 0.5  # every tap's (dy, dx) = (-1, 0)
+    assert not offset_abs_mean.requires_grad
 
 
 def test_an_untrained_flow_model_aligns_by_the_identity():
@@ -208,6 +214,35 @@ def test_flop_count_includes_the_alignment_layers():
     assert conv_flops_per_clip(deform, h, w) - conv_flops_per_clip(flow, h, w) == steps * per_step * h * w
     implicit = build_model(small_model_cfg("implicit"))
     assert conv_flops_per_clip(flow, h, w) > conv_flops_per_clip(implicit, h, w)
+
+
+def test_a_forward_returns_what_it_computed_and_records_only_into_the_log_it_is_given():
+    """The model keeps nothing of a call: the deformable steps' offset sizes come back through the
+    propagation cells' return values into the report, and the samplings the FLOP count needs go to the
+    list the caller passes (none without one)."""
+    torch.manual_seed(0)
+    model = build_model(small_model_cfg("flow_deform"))
+    with torch.no_grad():
+        for p in model.parameters():  # off the zero start, so the offsets differ per step
+            p.add_(0.05 * torch.randn_like(p))
+    returned = []
+    for branch in (model.backward_branch, model.forward_branch):
+        branch.register_forward_hook(lambda module, inputs, output: returned.append(output[1]))
+    b, h, w, c = 2, 8, 12, 8
+    lr = torch.rand(b, 5, 3, h, w)
+    log = []
+    with torch.no_grad():
+        _, report = model(lr, with_alignment=True, sampling_log=log)
+    assert len(returned) == 4 and len(set(returned)) > 1  # 2 branches x 2 steps, each its own
+    assert report["offset_mean"] == torch.stack(returned).mean()
+    assert [sizes for kind, sizes in log if kind == "deform"] == [(b, c, c, h, w)] * 4
+    flow_levels, steps, composed, back_to_centre = 2, 4, 2, 2
+    assert sum(kind == "bilinear" for kind, _ in log) == flow_levels + steps + composed + back_to_centre
+    recorded = list(log)
+    with torch.no_grad():
+        again = model(lr, with_alignment=True)[1]
+    assert log == recorded  # a call without a log records nowhere
+    assert again["offset_mean"] == report["offset_mean"]  # nothing carried over from the first call
 
 
 def test_alignment_settings_are_validated():

@@ -22,9 +22,11 @@ data. Changing world size or worker count between runs changes the split (the ru
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import tarfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -193,11 +195,21 @@ def _pop_random(buffer: list, rng: np.random.Generator):
 # -- turning a raw tile-run sample into a training clip ----------------------------------------------
 
 
+@dataclasses.dataclass
+class ClipTimings:
+    """Seconds spent in make_clip and, within it, decoding frames: where `bench loader` says a clip's
+    time goes. A stream given one adds to it (in its own process: workers=0)."""
+    make_clip_s: float = 0.0
+    decode_s: float = 0.0
+
+
 def make_clip(sample: dict[str, bytes], rng: np.random.Generator, codec: str, gt_patch: int,
-              augment, has_lr: bool, max_tile_hw: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+              augment, has_lr: bool, max_tile_hw: tuple[int, int] | None = None,
+              timings: ClipTimings | None = None) -> dict[str, torch.Tensor]:
     """Pick a 5-frame window and a patch inside the tile, decode only those 5 frames, augment. The
     sample's JSON is data too: the tile it declares must fit the manifest's largest (`max_tile_hw`), and
     every frame must declare that tile's size before it is decoded (shard_format.decode_frame)."""
+    started = time.perf_counter()
     meta = json.loads(sample["json"])
     frames = meta["num_frames"]
     _, _, tile_h, tile_w = meta["tile"]
@@ -220,7 +232,10 @@ def make_clip(sample: dict[str, bytes], rng: np.random.Generator, codec: str, gt
         frames_tchw = []
         tile_hw = (tile_h // fmt.SCALE, tile_w // fmt.SCALE) if lr else (tile_h, tile_w)
         for i in range(window, window + CLIP_FRAMES):
+            decode_started = time.perf_counter()
             image = fmt.decode_frame(sample[fmt.frame_field(i, codec, lr=lr)], codec, tile_hw)
+            if timings is not None:
+                timings.decode_s += time.perf_counter() - decode_started
             frames_tchw.append(image[:, top:top + size, left:left + size])
         clip = torch.stack(frames_tchw)
         if augment.flip_horizontal and flip_h:
@@ -232,6 +247,8 @@ def make_clip(sample: dict[str, bytes], rng: np.random.Generator, codec: str, gt
         if augment.reverse_time and reverse:
             clip = clip.flip(0)
         out[name] = clip.contiguous()
+    if timings is not None:
+        timings.make_clip_s += time.perf_counter() - started
     return out
 
 
@@ -243,7 +260,9 @@ class ClipStream(IterableDataset):
     "skipped": (corrupt samples, bad shards) met since this worker's previous batch}."""
 
     def __init__(self, folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
-                 batch_size: int, start_batch: int = 0, scale: int = 3, degradation=None) -> None:
+                 batch_size: int, start_batch: int = 0, scale: int = 3, degradation=None,
+                 clip_timings: ClipTimings | None = None) -> None:
+        self.clip_timings = clip_timings
         self.location = Location(folder, RetryPolicy.from_data_config(data_cfg))
         self.manifest = fmt.read_split_manifest(self.location, "train", "data.train_shards")
         self.folder = self.manifest["_folder"]  # where, for messages (masked)
@@ -345,7 +364,7 @@ class ClipStream(IterableDataset):
                 rng = _generator(self.seed, epoch, stream, position)
                 try:
                     clip = make_clip(sample, rng, self.codec, self.gt_patch, self.cfg.augment, self.has_lr,
-                                     self.max_tile_hw)
+                                     self.max_tile_hw, self.clip_timings)
                 except MemoryError:  # the worker's memory, not the sample: frames are bounded before decoding
                     raise DataStreamError(f"{where}: out of memory while making clips (data.batch_size_per_gpu="
                                           f"{self.batch_size}, data.lr_patch_size={self.cfg.lr_patch_size}, "
@@ -387,9 +406,10 @@ def end_loader_workers() -> None:
 
 
 def build_train_loader(folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
-                       batch_size: int, start_batch: int = 0, pin_memory: bool = False) -> DataLoader:
+                       batch_size: int, start_batch: int = 0, pin_memory: bool = False,
+                       clip_timings: ClipTimings | None = None) -> DataLoader:
     dataset = ClipStream(folder, data_cfg, seed=seed, rank=rank, world_size=world_size,
-                         batch_size=batch_size, start_batch=start_batch)
+                         batch_size=batch_size, start_batch=start_batch, clip_timings=clip_timings)
     return train_loader(dataset, data_cfg, pin_memory=pin_memory)
 
 

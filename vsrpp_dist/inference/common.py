@@ -280,6 +280,14 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def time_cudnn_algorithms_per_shape(device: torch.device) -> None:
+    """On a GPU, let cuDNN time its convolution algorithms for each new input shape and keep the fastest
+    (`cudnn.benchmark`): an inference run sees one tile shape (or one frame size), so it pays that once.
+    Process-wide, so the command sets it where it applies its device, not each upscaler it builds."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
 # PyTorch's CPU convolution runs a single small image (N*C*H*W <= 20480, Convolution.cpp's `use_mkldnn`)
 # through its own kernel and any batch of two or more through oneDNN, whose result for one image does not
 # depend on the batch it sits in. The whole-window forward always batches >= 5 frames, so a frame computed
@@ -382,13 +390,12 @@ class ClipUpscaler:
         self.tile = tile
         self.cache = FrameCache()
         self.cache_bytes = cache_bytes
+        self._said_cache_too_small = False  # the note is given once per run
         self.amp_dtype = None
         if amp:
             # bf16 keeps fp32's range (no overflow in deep trunks); fp16 only where bf16 is missing
             bf16 = device.type == "cpu" or torch.cuda.is_bf16_supported()
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # one tile shape (or one frame size) per run
 
     @torch.inference_mode()
     def __call__(self, lq_btchw: torch.Tensor, frame_ids: list[list] | None = None) -> torch.Tensor:
@@ -430,7 +437,7 @@ class ClipUpscaler:
         need = distinct * pixels * (self.model_cfg.channels + flow_channels) * 4
         if need <= self.cache_bytes:
             return True
-        if not getattr(self, "_said_cache_too_small", False):
+        if not self._said_cache_too_small:
             note(f"tiled features of the frames in flight need {need / 2**30:.1f} GiB, more than --cache-gb "
                  f"{self.cache_bytes / 2**30:g}: each window is computed from scratch (same output, more compute)")
             self._said_cache_too_small = True

@@ -66,6 +66,7 @@ from .common import (
     resolve_device,
     reuse_freed_memory,
     sliding_windows,
+    time_cudnn_algorithms_per_shape,
     to_uint8,
 )
 from .comparison import (
@@ -449,6 +450,7 @@ def main(argv=None) -> int:
     if args.report:
         check_report_folder(Path(args.report), args.overwrite)
     reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
+    time_cudnn_algorithms_per_shape(device)
     models = load_models(args.checkpoint, device)
     lr_origin = args.lr or (f"realistic degradation (default ranges), seed {args.seed}" if degradation else
                             "MATLAB bicubic x3 of GT, 8-bit")

@@ -90,18 +90,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def export_onnx(module: nn.Module, example_btchw: torch.Tensor, path: Path, opset: int) -> None:
     """torch.onnx's dynamo exporter with batch, height and width dynamic."""
-    import warnings
-
     dynamic = torch.export.Dim.DYNAMIC
     # onnxscript's optimizer fails on the flow variants' split of a dynamic batch (constant folding of
     # SplitToSequence); onnxruntime optimises the graph itself when it loads it
-    with warnings.catch_warnings():
-        # the deformable aligners keep their offset sizes for the training logs; not part of the graph
-        warnings.filterwarnings("ignore", message="The tensor attributes .*offset_abs_means")
-        torch.onnx.export(module, (example_btchw,), str(path), dynamo=True, input_names=["lq_btchw"],
-                          output_names=["sr_bchw"], opset_version=opset, optimize=False, verbose=False,
-                          external_data=False,  # one self-contained file (weights inside), renamed as a whole
-                          dynamic_shapes={"lq_btchw": {0: dynamic, 3: dynamic, 4: dynamic}})
+    torch.onnx.export(module, (example_btchw,), str(path), dynamo=True, input_names=["lq_btchw"],
+                      output_names=["sr_bchw"], opset_version=opset, optimize=False, verbose=False,
+                      external_data=False,  # one self-contained file (weights inside), renamed as a whole
+                      dynamic_shapes={"lq_btchw": {0: dynamic, 3: dynamic, 4: dynamic}})
 
 
 def real_window(folder: str, hw: tuple[int, int]) -> torch.Tensor:

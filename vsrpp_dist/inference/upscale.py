@@ -58,6 +58,7 @@ from .common import (
     resolve_device,
     reuse_freed_memory,
     sliding_windows,
+    time_cudnn_algorithms_per_shape,
     to_uint8,
 )
 from .media import AudioCopy, Colour, SourceMedia, probe
@@ -334,6 +335,7 @@ def main(argv=None) -> int:
     seq = open_input(args.input)
     kind = plan_output(args.output, args.overwrite, source=seq.path)
     reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
+    time_cudnn_algorithms_per_shape(device)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
     upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp, cache_bytes=int(args.cache_gb * 2**30),

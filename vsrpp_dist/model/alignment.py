@@ -36,12 +36,13 @@ _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 
 
-# While `model.conv_flops_per_clip` counts, every bilinear sampling and deformable conv records its size
-# here: they are functions, not modules, so forward hooks cannot see them.
-sampling_log: list[tuple[str, tuple[int, ...]]] | None = None
+# What `model.conv_flops_per_clip` counts besides the convolutions: every bilinear sampling and deformable
+# conv of a forward pass, as (kind, sizes). They are functions, not modules, so forward hooks cannot see
+# them; a forward given a list appends to it (and to nothing otherwise).
+SamplingLog = list[tuple[str, tuple[int, ...]]]
 
 
-def _record(kind: str, *sizes: int) -> None:
+def _record(sampling_log: SamplingLog | None, kind: str, *sizes: int) -> None:
     if sampling_log is not None:
         sampling_log.append((kind, sizes))
 
@@ -53,14 +54,15 @@ def base_grid(h: int, w: int, device, dtype) -> torch.Tensor:
     return torch.stack([xs, ys])[None]
 
 
-def flow_warp(image_nchw: torch.Tensor, flow_n2hw: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
+def flow_warp(image_nchw: torch.Tensor, flow_n2hw: torch.Tensor, padding_mode: str = "zeros",
+              sampling_log: SamplingLog | None = None) -> torch.Tensor:
     """Sample `image` at x + flow(x) (bilinear). Zero flow returns the image itself.
 
     Runs in float32 whatever the autocast: sub-pixel positions in bf16 would be off by up to 1/16 px at
     a flow of 10 px. Samples outside the image are zero (features) or the border value (`border`,
     used for the photometric loss on frames, so the border does not pull the flow)."""
     n, c, h, w = image_nchw.shape
-    _record("bilinear", n * c * h * w)
+    _record(sampling_log, "bilinear", n * c * h * w)
     with torch.autocast(image_nchw.device.type, enabled=False):
         position = base_grid(h, w, image_nchw.device, torch.float32) + flow_n2hw.float()
         # align_corners=True: -1 and 1 are the centres of the first and last pixel
@@ -71,9 +73,10 @@ def flow_warp(image_nchw: torch.Tensor, flow_n2hw: torch.Tensor, padding_mode: s
     return warped.to(image_nchw.dtype)
 
 
-def compose_flows(first_ab: torch.Tensor, then_bc: torch.Tensor) -> torch.Tensor:
+def compose_flows(first_ab: torch.Tensor, then_bc: torch.Tensor, sampling_log: SamplingLog | None = None
+                  ) -> torch.Tensor:
     """flow a -> c from a -> b and b -> c: a(x) ~ b(x + f_ab) ~ c(x + f_ab + f_bc(x + f_ab))."""
-    return first_ab + flow_warp(then_bc, first_ab)
+    return first_ab + flow_warp(then_bc, first_ab, sampling_log=sampling_log)
 
 
 class FlowLevel(nn.Module):
@@ -112,7 +115,8 @@ class FlowNet(nn.Module):
         """Frame sizes are padded to a multiple of this for the pyramid (and tiles start on it)."""
         return 2 ** (len(self.levels) - 1)
 
-    def forward(self, ref_nchw: torch.Tensor, supp_nchw: torch.Tensor) -> torch.Tensor:
+    def forward(self, ref_nchw: torch.Tensor, supp_nchw: torch.Tensor, sampling_log: SamplingLog | None = None
+                ) -> torch.Tensor:
         """flow ref -> supp, (N, 2, h, w) in LR pixels, |component| <= max_flow."""
         h, w = ref_nchw.shape[-2:]
         m = self.multiple
@@ -130,7 +134,7 @@ class FlowNet(nn.Module):
                 flow = ref.new_zeros(ref.shape[0], 2, *ref.shape[-2:])
             else:
                 flow = 2 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=False)
-            warped = flow_warp(supp, flow, padding_mode="border")
+            warped = flow_warp(supp, flow, padding_mode="border", sampling_log=sampling_log)
             flow = flow + self.levels[depth](torch.cat([ref, warped, flow.to(ref.dtype)], dim=1))
             bound = self.max_flow / 2**depth  # in this level's pixels
             flow = flow.clamp(-bound, bound)
@@ -141,7 +145,9 @@ class FlowGuidedDeformAlign(nn.Module):
     """Align a state by a modulated deformable 3x3 convolution whose offsets are the flow plus a
     residual bounded by max_residue * tanh(.), predicted from [flow-warped state, neighbour, flow]
     (BasicVSR++). The offset/mask predictor is zero-initialised: it starts as the flow warp, with every
-    tap at mask 0.5."""
+    tap at mask 0.5.
+
+    Returns the aligned state and the mean absolute offset (LR pixels, detached) for the training logs."""
 
     def __init__(self, channels: int, deform_groups: int, max_residue: float) -> None:
         super().__init__()
@@ -158,25 +164,24 @@ class FlowGuidedDeformAlign(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels, channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(channels))
         nn.init.kaiming_uniform_(self.weight, a=5**0.5)  # as nn.Conv2d initialises
-        self.offset_abs_means: list[torch.Tensor] = []  # filled per call; the model reads and clears it
 
-    def forward(self, state: torch.Tensor, neighbour: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-        warped = flow_warp(state, flow)
+    def forward(self, state: torch.Tensor, neighbour: torch.Tensor, flow: torch.Tensor,
+                sampling_log: SamplingLog | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        warped = flow_warp(state, flow, sampling_log=sampling_log)
         out = self.conv_offset(torch.cat([warped, neighbour, flow.to(warped.dtype)], dim=1))
         o1, o2, mask = torch.chunk(out, 3, dim=1)
         # torchvision wants (dy, dx) per tap; the flow is (dx, dy)
         offset = self.max_residue * torch.tanh(torch.cat([o1, o2], dim=1).float()) \
             + flow.float().flip(1).repeat(1, 9 * self.deform_groups, 1, 1)
-        self.offset_abs_means.append(offset.detach().abs().mean())
         # Deformable sampling runs in fp32 whatever the autocast: deform_conv2d has no bf16/fp16 kernel on
         # some builds, and sub-pixel positions need the precision; the result goes back to the state's dtype.
         n, c, h, w = state.shape
-        _record("deform", n, c, self.weight.shape[0], h, w)
+        _record(sampling_log, "deform", n, c, self.weight.shape[0], h, w)
         with torch.autocast(state.device.type, enabled=False):
             conv = deform_conv2d if state.is_cuda else deform_conv2d_by_sampling
             aligned = conv(state.float(), offset, self.weight.float(), self.bias.float(), padding=1,
                            mask=torch.sigmoid(mask.float()))
-        return aligned.to(state.dtype)
+        return aligned.to(state.dtype), offset.detach().abs().mean()
 
 
 def deform_conv2d(x, offset, weight, bias, padding, mask):

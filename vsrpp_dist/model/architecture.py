@@ -28,6 +28,7 @@ from .alignment import (
     ALIGNMENTS,
     FlowGuidedDeformAlign,
     FlowNet,
+    SamplingLog,
     compose_flows,
     flow_warp,
     neighbour_pairs,
@@ -70,7 +71,8 @@ class FeatureExtractor(nn.Module):
 
 class PropagationCell(nn.Module):
     """One recurrent step: align the propagated state to a neighbour (when a flow is given), then fold
-    the neighbour's features into it."""
+    the neighbour's features into it. Returns the new state and, with a deformable alignment, its mean
+    absolute offset (detached; None otherwise)."""
 
     def __init__(self, channels: int, blocks: int, align: nn.Module | None = None) -> None:
         super().__init__()
@@ -80,10 +82,15 @@ class PropagationCell(nn.Module):
         if align is not None:  # registered only when used: implicit checkpoints keep their keys
             self.align = align
 
-    def forward(self, neighbour: torch.Tensor, state: torch.Tensor, flow: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, neighbour: torch.Tensor, state: torch.Tensor, flow: torch.Tensor | None = None,
+                sampling_log: SamplingLog | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        offset_abs_mean = None
         if flow is not None:
-            state = self.align(state, neighbour, flow) if hasattr(self, "align") else flow_warp(state, flow)
-        return self.trunk(self.act(self.fuse(torch.cat([neighbour, state], dim=1))))
+            if hasattr(self, "align"):
+                state, offset_abs_mean = self.align(state, neighbour, flow, sampling_log)
+            else:
+                state = flow_warp(state, flow, sampling_log=sampling_log)
+        return self.trunk(self.act(self.fuse(torch.cat([neighbour, state], dim=1)))), offset_abs_mean
 
 
 class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the architecture by
@@ -119,47 +126,51 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
         if alignment != "implicit":
             self.flow_net = FlowNet(flow_channels, flow_levels, max_flow)
 
-    def forward(self, lq_btchw: torch.Tensor, with_alignment: bool = False):
+    def forward(self, lq_btchw: torch.Tensor, with_alignment: bool = False, sampling_log: SamplingLog | None = None):
         """(B, T, 3, h, w) -> (B, 3, 3h, 3w). With `with_alignment`, also a dict of what training needs
         from the alignment: `photometric` (a loss, with gradient), `flow_magnitude` and `offset_mean`
-        (mean LR pixels, detached; zero where the variant has none)."""
+        (mean LR pixels, detached; zero where the variant has none). Given `sampling_log`, every bilinear
+        sampling and deformable conv appends its size to it (`conv_flops_per_clip`)."""
         b, t, c, h, w = lq_btchw.shape
         if t != self.num_frames:
             raise ValueError(f"expected {self.num_frames} frames per clip, got {t}")
         feats_btchw = self.feature_extractor(lq_btchw.reshape(b * t, c, h, w)).view(b, t, -1, h, w)
-        flows = self._flows(lq_btchw) if self.alignment != "implicit" else None
-        return self.restore(lq_btchw, feats_btchw.unbind(1), flows, with_alignment)
+        flows = self._flows(lq_btchw, sampling_log) if self.alignment != "implicit" else None
+        return self.restore(lq_btchw, feats_btchw.unbind(1), flows, with_alignment, sampling_log)
 
     def restore(self, lq_btchw: torch.Tensor, feats: list[torch.Tensor] | tuple[torch.Tensor, ...],
-                flows: dict[tuple[int, int], torch.Tensor] | None, with_alignment: bool = False):
+                flows: dict[tuple[int, int], torch.Tensor] | None, with_alignment: bool = False,
+                sampling_log: SamplingLog | None = None):
         """The rest of `forward` from what does not depend on which frame is the centre: `feats[i]`, the
         (B, C, h, w) features of frame i (`feature_extractor`), and `flows[(a, b)]`, the flow a -> b for
         every pair in `neighbour_pairs` (`flow_net`; None for `implicit`). Inference computes those once
         per frame and reuses them across the overlapping windows (inference/common.py)."""
         t = lq_btchw.shape[1]
         centre = t // 2
-        for branch in (self.backward_branch, self.forward_branch):
-            if hasattr(branch, "align"):
-                branch.align.offset_abs_means.clear()
+        offset_abs_means = []  # per propagation step (None without a deformable alignment), for the report
 
         # Backward branch: centre -> later frames (F3 -> F4 -> F5); the state is aligned to each
         # frame before absorbing it, then brought back onto the centre's grid.
         backward_state = feats[centre]
         for i in range(centre + 1, t):
-            backward_state = self.backward_branch(feats[i], backward_state, flows and flows[(i, i - 1)])
+            backward_state, offset = self.backward_branch(feats[i], backward_state, flows and flows[(i, i - 1)],
+                                                          sampling_log)
+            offset_abs_means.append(offset)
 
         # Forward branch: centre -> earlier frames (F3 -> F2 -> F1).
         forward_state = feats[centre]
         for i in range(centre - 1, -1, -1):
-            forward_state = self.forward_branch(feats[i], forward_state, flows and flows[(i, i + 1)])
+            forward_state, offset = self.forward_branch(feats[i], forward_state, flows and flows[(i, i + 1)],
+                                                        sampling_log)
+            offset_abs_means.append(offset)
 
         to_centre = None
         if flows is not None:
             # the flows centre -> outermost frame of each walk: the way back onto the centre's grid
-            to_centre = {(centre, t - 1): self._flow_from_centre(flows, range(centre + 1, t)),
-                         (centre, 0): self._flow_from_centre(flows, range(centre - 1, -1, -1))}
-            backward_state = flow_warp(backward_state, to_centre[(centre, t - 1)])
-            forward_state = flow_warp(forward_state, to_centre[(centre, 0)])
+            to_centre = {(centre, t - 1): self._flow_from_centre(flows, range(centre + 1, t), sampling_log),
+                         (centre, 0): self._flow_from_centre(flows, range(centre - 1, -1, -1), sampling_log)}
+            backward_state = flow_warp(backward_state, to_centre[(centre, t - 1)], sampling_log=sampling_log)
+            forward_state = flow_warp(forward_state, to_centre[(centre, 0)], sampling_log=sampling_log)
 
         fused = self.fusion(torch.cat([feats[centre], backward_state, forward_state], dim=1))
         detail = self.upsampler(self.reconstruction(fused))
@@ -167,37 +178,36 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
         sr = base + detail
         if not with_alignment:
             return sr
-        return sr, self._alignment_report(lq_btchw, flows, to_centre)
+        return sr, self._alignment_report(lq_btchw, flows, to_centre, [m for m in offset_abs_means if m is not None])
 
-    def _flows(self, lq_btchw: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
+    def _flows(self, lq_btchw: torch.Tensor, sampling_log: SamplingLog | None = None
+               ) -> dict[tuple[int, int], torch.Tensor]:
         """Every flow the walk needs, from one batched pass of the flow net."""
         pairs = neighbour_pairs(self.num_frames)
         ref = torch.cat([lq_btchw[:, a] for a, _ in pairs])
         supp = torch.cat([lq_btchw[:, b] for _, b in pairs])
-        return dict(zip(pairs, self.flow_net(ref, supp).chunk(len(pairs))))
+        return dict(zip(pairs, self.flow_net(ref, supp, sampling_log).chunk(len(pairs))))
 
-    def _flow_from_centre(self, flows: dict, walk) -> torch.Tensor:
+    def _flow_from_centre(self, flows: dict, walk, sampling_log: SamplingLog | None = None) -> torch.Tensor:
         """The flow centre -> last frame of the walk, composed from the outward steps."""
         centre = self.num_frames // 2
         previous, composed = centre, None
         for k in walk:
             step = flows[(previous, k)]
-            composed = step if composed is None else compose_flows(composed, step)
+            composed = step if composed is None else compose_flows(composed, step, sampling_log)
             previous = k
         return composed
 
-    def _alignment_report(self, lq_btchw: torch.Tensor, flows: dict | None,
-                          to_centre: dict | None) -> dict[str, torch.Tensor]:
+    def _alignment_report(self, lq_btchw: torch.Tensor, flows: dict | None, to_centre: dict | None,
+                          offset_abs_means: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         zero = lq_btchw.new_zeros((), dtype=torch.float32)
         if flows is None:
             return {"photometric": zero, "flow_magnitude": zero, "offset_mean": zero}
         magnitude = torch.stack([f.detach().float().norm(dim=1).mean() for f in flows.values()]).mean()
-        offsets = [m for branch in (self.backward_branch, self.forward_branch) if hasattr(branch, "align")
-                   for m in branch.align.offset_abs_means]
         # checked: the pairwise flows, and the outermost neighbours warped onto the centre through the
         # composed flows the forward pass used
         return {"photometric": photometric_loss(lq_btchw, {**flows, **to_centre}), "flow_magnitude": magnitude,
-                "offset_mean": torch.stack(offsets).mean() if offsets else zero}
+                "offset_mean": torch.stack(offset_abs_means).mean() if offset_abs_means else zero}
 
 
 def build_model(model_cfg) -> VSRBidirectional_3x:
@@ -240,7 +250,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def conv_flops_per_clip(model: nn.Module, lr_h: int, lr_w: int) -> int:
+def conv_flops_per_clip(model: VSRBidirectional_3x, lr_h: int, lr_w: int) -> int:
     """Forward FLOPs of one clip, counted from the layers at the resolution each runs at, times the
     images it runs on (the extractor sees all 5 frames, the flow net every frame pair):
       convolution          2 * k*k * C_in/groups * C_out * H_out * W_out (a multiply and an add per
@@ -250,8 +260,6 @@ def conv_flops_per_clip(model: nn.Module, lr_h: int, lr_w: int) -> int:
                            (per tap and input channel: a bilinear sample, 8, and the mask, 1)
     Element-wise ops, the bicubic residual, pooling, flow upsampling and the pixel shuffle are
     ignored (<1 %)."""
-    from . import alignment
-
     flops = 0
     calls: dict[nn.Module, list[tuple[int, int, int]]] = {}
 
@@ -259,14 +267,12 @@ def conv_flops_per_clip(model: nn.Module, lr_h: int, lr_w: int) -> int:
         calls.setdefault(module, []).append((output.shape[0], *output.shape[-2:]))
 
     handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    alignment.sampling_log = []
+    sampled: SamplingLog = []
     try:
         with torch.no_grad():
             device = next(model.parameters()).device
-            model(torch.zeros(1, getattr(model, "num_frames", 5), 3, lr_h, lr_w, device=device))
-        sampled = alignment.sampling_log
+            model(torch.zeros(1, model.num_frames, 3, lr_h, lr_w, device=device), sampling_log=sampled)
     finally:
-        alignment.sampling_log = None
         for handle in handles:
             handle.remove()
     for module, output_sizes in calls.items():

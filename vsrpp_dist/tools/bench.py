@@ -32,8 +32,9 @@ How the figures are taken, and why:
   people's jobs share the machine.
 - rounds alternate (ours, baseline, ours, baseline, ...) after one warm-up per loader, so a change in
   machine load hits both sides; the median of the rounds is the figure and min..max its spread.
-- where a clip's time goes: one more pass of our stream with `shard_format.decode_frame` and
-  `stream.make_clip` wrapped in timers (decode / crop+augment+stack / reading+shuffle+batching).
+- where a clip's time goes: one more pass of our stream, which adds the seconds of `stream.make_clip`
+  and of its frame decoding to the `ClipTimings` it was built with (decode / crop+augment+stack /
+  reading+shuffle+batching).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -64,6 +65,9 @@ from ..config import SCALE
 from ..errors import BenchError
 from ..files import usable_cores
 from . import bench_degradation, bench_finetune, bench_quality, bench_step, bench_trackers, bench_upscale
+
+if TYPE_CHECKING:
+    from ..data.stream import ClipTimings
 
 PROG = "python -m vsrpp_dist.bench"
 CLIP_FRAMES = 5
@@ -298,16 +302,18 @@ def describe_shards(folder: str | Path) -> dict[str, Any]:
 
 
 def stream_batches(shards: str | Path, lr_patch: int, batch_size: int, workers: int, seed: int,
-                   read_ahead_mb: int | None = None) -> Iterator[torch.Tensor]:
+                   read_ahead_mb: int | None = None, clip_timings: ClipTimings | None = None) -> Iterator[torch.Tensor]:
     """Our loader exactly as training builds it (build_train_loader, default DataConfig otherwise);
-    `shards` may be any location training takes (a folder, http(s)://, s3://, ...)."""
+    `shards` may be any location training takes (a folder, http(s)://, s3://, ...). Given
+    `clip_timings` (workers=0), the stream adds its make_clip and decoding seconds to it."""
     from ..config import DataConfig
     from ..data.stream import build_train_loader
 
     cfg = DataConfig(lr_patch_size=lr_patch, batch_size_per_gpu=batch_size, num_workers=workers)
     if read_ahead_mb is not None:
         cfg = dataclasses.replace(cfg, read_ahead_mb=read_ahead_mb)
-    loader = build_train_loader(shards, cfg, seed=seed, rank=0, world_size=1, batch_size=batch_size)
+    loader = build_train_loader(shards, cfg, seed=seed, rank=0, world_size=1, batch_size=batch_size,
+                                clip_timings=clip_timings)
     for batch in loader:
         yield batch["gt"]
 
@@ -429,38 +435,16 @@ def alternate(loaders: dict[str, Iterator[torch.Tensor]], clips: int, warmup: in
     return rounds
 
 
-@contextlib.contextmanager
-def _timed(module, name: str, totals: dict[str, float], key: str):
-    """Wrap module.name in a timer adding to totals[key]; the loader looks the function up at each
-    call, so the running stream is timed from the next clip on."""
-    original = getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            totals[key] += time.perf_counter() - started
-
-    setattr(module, name, wrapper)
-    try:
-        yield
-    finally:
-        setattr(module, name, original)
-
-
-def clip_breakdown(batches: Iterator[torch.Tensor], clips: int) -> dict[str, float]:
+def clip_breakdown(batches: Iterator[torch.Tensor], timings: ClipTimings, clips: int) -> dict[str, float]:
     """Where one clip's time goes in our stream (one core): frame decoding, the rest of make_clip
     (json, crop, augment, stack), and everything outside make_clip (tar reading, shuffle buffer,
-    per-clip generator, batching)."""
-    from ..data import shard_format, stream
-
-    totals = {"decode": 0.0, "make_clip": 0.0}
-    with _timed(shard_format, "decode_frame", totals, "decode"), _timed(stream, "make_clip", totals, "make_clip"):
-        measured = pull(batches, clips)
+    per-clip generator, batching). `timings` is what the stream behind `batches` (in this process,
+    workers=0) adds its make_clip and decoding seconds to."""
+    before = dataclasses.replace(timings)
+    measured = pull(batches, clips)
     n, total = measured["clips"], measured["seconds"]
-    parts = {"decode": totals["decode"], "crop_augment_stack": totals["make_clip"] - totals["decode"],
-             "read_shuffle_batch": total - totals["make_clip"]}
+    decode, make_clip = timings.decode_s - before.decode_s, timings.make_clip_s - before.make_clip_s
+    parts = {"decode": decode, "crop_augment_stack": make_clip - decode, "read_shuffle_batch": total - make_clip}
     out: dict[str, float] = {"clips": n, "ms_per_clip": round(1000 * total / n, 3)}
     for key, seconds in parts.items():
         out[f"{key}_ms"] = round(1000 * seconds / n, 3)
@@ -543,10 +527,14 @@ def prepare_shards(args, frames: str, work: Path, pack_workers: int, png_bytes: 
 
 def measure_loaders(args, shards: list[dict[str, Any]], png_sequences: list[list[str]], gt_patch: int,
                     cores: int, progress) -> dict[str, Any]:
+    from ..data.stream import ClipTimings
+
     baseline = PngFolderClips(png_sequences, gt_patch, args.baseline_decoder, args.seed)
+    timings = ClipTimings()  # the first codec's stream: where its clip's time goes
     with contextlib.ExitStack() as stack:
         loaders = {f"ours {s['codec']}": stack.enter_context(contextlib.closing(
-            stream_batches(s["folder"], args.lr_patch, args.batch_size, 0, args.seed))) for s in shards}
+            stream_batches(s["folder"], args.lr_patch, args.batch_size, 0, args.seed,
+                           clip_timings=timings if s is shards[0] else None))) for s in shards}
         if args.remote:
             for name, location, read_ahead in remote_locations(stack, shards[0]["folder"], progress):
                 loaders[name] = stack.enter_context(contextlib.closing(
@@ -561,7 +549,7 @@ def measure_loaders(args, shards: list[dict[str, Any]], png_sequences: list[list
         rounds = alternate(loaders, args.clips, args.warmup_clips, args.repeats, progress)
         decode_ms = 1000 * baseline.decode_seconds / max(1, baseline.decoded_clips)
         progress("where a clip's time goes (ours)")
-        breakdown = clip_breakdown(loaders[f"ours {shards[0]['codec']}"], args.clips)
+        breakdown = clip_breakdown(loaders[f"ours {shards[0]['codec']}"], timings, args.clips)
 
     loader = {"baseline": summarize(rounds.pop("baseline"))}
     loader["baseline"]["decode_ms_per_clip"] = round(decode_ms, 3)

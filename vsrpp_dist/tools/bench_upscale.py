@@ -33,6 +33,7 @@ from ..inference.common import (
     resolve_device,
     reuse_freed_memory,
     sliding_windows,
+    time_cudnn_algorithms_per_shape,
 )
 from ..model.architecture import build_model, count_parameters
 from ..training.wrapping import to_channels_last
@@ -79,6 +80,7 @@ def run(args) -> int:
     device = resolve_device(args.device)
     h, w = parse_size(args.size)
     reuse_freed_memory()  # as upscale and evaluate do
+    time_cudnn_algorithms_per_shape(device)
     if args.config:
         cfg = load_config(args.config, args.overrides)
         torch.manual_seed(cfg.run.seed)

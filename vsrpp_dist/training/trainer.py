@@ -41,8 +41,7 @@ from .report import Report, log_batch_plan, log_start
 from .run_dir import StartRequest
 from .initial_weights import describe as describe_initial
 from .initial_weights import load_into, match, model_shapes, read_initial_weights
-from .runtime import (join_restarted_process_group, memoise_accelerate_package_checks, plan_batches, plan_device,
-                      profile_settings)
+from .runtime import join_restarted_process_group, plan_batches, plan_device, profile_settings
 from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, open_data, prepare_run_dir, resume,
                       will_resume)
 from .trackers import require_installed
@@ -55,7 +54,9 @@ class Trainer:
     def __init__(self, cfg: Config, request: StartRequest = StartRequest(), *, interactive: bool | None = None) -> None:
         self.cfg = cfg
         require_installed(cfg.log.trackers)  # before anything is made: a missing library costs one line
-        memoise_accelerate_package_checks()
+        # Accelerate's optimizer step asks importlib twice whether the optional lomo_optim is installed; that
+        # costs 0.05-0.10 ms of a 13 ms tiny step and is left to Accelerate: caching it meant replacing
+        # functions inside Accelerate's modules for the whole process (BENCHMARKS.md, "Training step").
         self.device_plan = plan_device(cfg.train, int(os.environ.get("WORLD_SIZE", "1")))
         join_restarted_process_group(self.device_plan)
         self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)

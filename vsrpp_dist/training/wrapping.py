@@ -46,8 +46,9 @@ class BranchActivity:
 
     def _recorder(self, name: str):
         def hook(module, inputs, output):
+            state, _ = output  # a propagation step returns its new state and its alignment's offset size
             # the last call of a branch in a forward pass is its final state: overwrite
-            self.values[name] = output.detach().abs().mean().float()
+            self.values[name] = state.detach().abs().mean().float()
 
         return hook
 
