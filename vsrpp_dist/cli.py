@@ -53,3 +53,19 @@ def int_at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{value} is below the minimum {low}")
         return value
     return parse
+
+
+def note(message: str) -> None:
+    """A remark for the user that is not an error (stderr, so stdout stays the result)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
+def gigabytes(text: str) -> float:
+    """An argparse `type` for a memory size in GiB (>= 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GiB") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value

@@ -12,14 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from vsrpp_dist.config import ConfigError, ModelConfig, load_config
-from vsrpp_dist.inference.common import (
-    ClipUpscaler,
-    LoadedModel,
-    load_model,
-    receptive_radius,
-    tile_multiple,
-    tile_spans,
-)
+from vsrpp_dist.inference.clip_upscaler import ClipUpscaler
+from vsrpp_dist.inference.loading import LoadedModel, load_model
+from vsrpp_dist.inference.tiles import tile_spans
+from vsrpp_dist.model.receptive_field import receptive_radius, tile_multiple
 from vsrpp_dist.model.alignment import (
     FlowGuidedDeformAlign,
     FlowNet,

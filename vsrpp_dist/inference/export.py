@@ -33,7 +33,8 @@ from torch import nn
 
 from ..cli import OneLineParser, int_at_least, run_cli
 from ..errors import InferenceError
-from .common import add_checkpoint_argument, load_model
+from .arguments import add_checkpoint_argument
+from .loading import load_model
 
 PROG = "python -m vsrpp_dist.export"
 DEFAULT_OPSET = 18  # torch.onnx's own; grid_sample needs >= 16

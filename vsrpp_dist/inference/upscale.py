@@ -41,27 +41,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import OneLineParser, run_cli
+from ..cli import OneLineParser, note, run_cli
 from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, cut_short_warning, scan_source
-from .common import (
-    BackgroundWriter,
-    ClipUpscaler,
-    InferenceError,
-    PngFolder,
-    add_checkpoint_argument,
-    add_inference_arguments,
-    frame_names,
-    frame_size_of_folder,
-    load_model,
-    note,
-    read_frames_chw,
-    resolve_device,
-    reuse_freed_memory,
-    sliding_windows,
-    to_uint8,
-)
+from ..data.windows import sliding_windows
+from ..errors import InferenceError
+from .arguments import add_checkpoint_argument, add_inference_arguments
+from .clip_upscaler import ClipUpscaler, to_uint8
+from .device import resolve_device, reuse_freed_memory
+from .loading import load_model
 from .media import AudioCopy, Colour, SourceMedia, probe
+from .readers import frame_size_of_folder, read_frames_chw
 from .side_by_side import LAYOUTS, compare_batch
+from .writers import BackgroundWriter, PngFolder, frame_names
 
 PROG = "python -m vsrpp_dist.upscale"
 # suffix -> (container format, codec)

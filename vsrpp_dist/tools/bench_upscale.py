@@ -26,14 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..cli import int_at_least
 from ..config import load_config
 from ..errors import BenchError
-from ..inference.common import (
-    ClipUpscaler,
-    LoadedModel,
-    load_model,
-    resolve_device,
-    reuse_freed_memory,
-    sliding_windows,
-)
+from ..data.windows import sliding_windows
+from ..inference.clip_upscaler import ClipUpscaler
+from ..inference.device import resolve_device, reuse_freed_memory
+from ..inference.loading import LoadedModel, load_model
 from ..model.architecture import build_model, count_parameters
 from ..training.wrapping import to_channels_last
 
