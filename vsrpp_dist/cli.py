@@ -5,6 +5,7 @@ either (errors.RunFailure: another rank gone) one line and exit code 1."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -69,3 +70,14 @@ def gigabytes(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
     return value
+
+
+def byte_size(text: str) -> int:
+    """An argparse `type` for a size in bytes: '1G', '500M', '64k', '1.5GiB', '1000000' -> bytes (K/M/G/T are powers of 1024)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 500M, 1G, 2000000)")
+    value = float(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1 byte")
+    return int(value)

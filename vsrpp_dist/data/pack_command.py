@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import re
 import signal
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..cli import OneLineParser, int_at_least
+from ..cli import OneLineParser, byte_size, int_at_least
 from ..errors import PackError
 from ..files import usable_cores
 from .locations import Location, LocationError, RemoteReadError
@@ -78,18 +77,6 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 # -- command line ------------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    """'1G', '500M', '64k', '1.5GiB', '1000000' -> bytes (K/M/G/T are powers of 1024)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 500M, 1G, 2000000)")
-    value = float(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a shard needs at least 1 byte")
-    return int(value)
-
 
 
 def default_workers() -> int:
@@ -133,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-tile", type=int_at_least(SCALE), default=None, metavar="PX",
                         help="smallest tile side in GT pixels; frames are cut into as many tiles of at "
                              f"least this size as fit (default: {PackOptions.min_tile})")
-    parser.add_argument("--shard-size", type=parse_size, default=parse_size("1G"), metavar="SIZE",
+    parser.add_argument("--shard-size", type=byte_size, default=byte_size("1G"), metavar="SIZE",
                         help="bytes per shard, e.g. 500M, 1G (K/M/G = powers of 1024; default: 1G); "
                              "a shard exceeds it only when one sample alone is larger")
     parser.add_argument("--workers", type=int_at_least(1), default=default_workers(), metavar="N",
@@ -153,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class Candidate:
+class SequenceToPack:
     source_index: int
     seq: Sequence
     name: str
@@ -163,7 +150,7 @@ class Candidate:
 @dataclass
 class Plan:
     sources: list[Source]
-    candidates: list[Candidate]
+    candidates: list[SequenceToPack]
     skipped: list[dict]
 
 
@@ -178,7 +165,7 @@ def plan_pack(srcs: list[str], lr_srcs: list[str], split: str, vimeo_list: str) 
     # the LR side is matched by position, so it is scanned whole (a Vimeo list selects on the GT side)
     lr_sources = [scan_source(src, split, "all") for src in lr_srcs]
     skipped = [entry for source in sources for entry in source.skipped]
-    candidates: list[Candidate] = []
+    candidates: list[SequenceToPack] = []
     seen_paths: dict[str, str] = {}
     taken_names: set[str] = set()
     for source_index, source in enumerate(sources):
@@ -204,7 +191,7 @@ def plan_pack(srcs: list[str], lr_srcs: list[str], split: str, vimeo_list: str) 
                     continue
             name = _unique_name(seq.name, Path(source.path).name, taken_names)
             seen_paths[real] = name
-            candidates.append(Candidate(source_index, seq, name, lr))
+            candidates.append(SequenceToPack(source_index, seq, name, lr))
     return Plan(sources, candidates, skipped)
 
 
@@ -440,8 +427,8 @@ def build_manifest(plan: Plan, lr_srcs: list[str], options: PackOptions, sequenc
     }
 
 
-def _by_sequence(candidates: list[Candidate], tasks: list[SegmentTask],
-                 reports: Iterator[SegmentReport]) -> Iterator[tuple[Candidate, list[SegmentReport]]]:
+def _by_sequence(candidates: list[SequenceToPack], tasks: list[SegmentTask],
+                 reports: Iterator[SegmentReport]) -> Iterator[tuple[SequenceToPack, list[SegmentReport]]]:
     """Group the in-order segment reports into whole sequences."""
     group: list[SegmentReport] = []
     for position, report in enumerate(reports):
@@ -467,7 +454,7 @@ def _progress_bar(**kwargs):
     return Bar(**kwargs)
 
 
-def _sequence_entry(index: int, candidate: Candidate, result: SequenceResult) -> dict:
+def _sequence_entry(index: int, candidate: SequenceToPack, result: SequenceResult) -> dict:
     layout = result.layout
     entry = {"index": index, "name": candidate.name, "source": os.path.abspath(candidate.seq.path),
              "kind": candidate.seq.kind, "num_frames": result.num_frames,

@@ -52,7 +52,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def lr_frame_size(text: str) -> tuple[int, int]:
+    """--size WxH, the LR frame size benchmarked, as (H, W)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -73,7 +74,7 @@ def stream(upscaler: ClipUpscaler, frames: torch.Tensor, batch: int, cached: boo
 
 def run(args) -> int:
     device = resolve_device(args.device)
-    h, w = parse_size(args.size)
+    h, w = lr_frame_size(args.size)
     reuse_freed_memory()  # as upscale and evaluate do
     if args.config:
         cfg = load_config(args.config, args.overrides)
