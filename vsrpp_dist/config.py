@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .cli import note
 from .errors import ConfigError
 from .masking import mask_tree
 
@@ -308,7 +309,7 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
-class AlignmentConfig:
+class AlignmentTrainingConfig:
     lr_factor: float = setting(1.0, "LR multiplier of the flow network and deformable offsets (0 freezes them "
                                "without touching requires_grad)", min=0.0)
     photometric_weight: float = setting(0.1, "weight of the self-supervised flow loss (LR neighbours warped onto "
@@ -429,8 +430,8 @@ class Config:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"doc": "HybridLoss base weights"})
     adaptive: AdaptiveConfig = dataclasses.field(default_factory=AdaptiveConfig, metadata={"doc": "adaptive system"})
     guard: GuardConfig = dataclasses.field(default_factory=GuardConfig, metadata={"doc": "non-finite guard"})
-    alignment: AlignmentConfig = dataclasses.field(default_factory=AlignmentConfig,
-                                                   metadata={"doc": "training the explicit alignment"})
+    alignment_training: AlignmentTrainingConfig = dataclasses.field(
+        default_factory=AlignmentTrainingConfig, metadata={"doc": "training the explicit alignment (flow, flow_deform)"})
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig, metadata={"doc": "validation"})
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig, metadata={"doc": "checkpoint policy"})
     ema: EMAConfig = dataclasses.field(default_factory=EMAConfig, metadata={"doc": "weight EMA"})
@@ -594,6 +595,31 @@ def shipped_config(path: Path) -> Path:
     raise ConfigError(f"{path}: config file not found (shipped configs, by name: {shipped})")
 
 
+# Sections renamed since configs were written: old name -> new name. A run's config.yaml or a command line
+# from before the rename still loads, with one note naming the new key (`alignment:` held the explicit
+# alignment's training settings and read as if it were `model.alignment`).
+RENAMED_SECTIONS = {"alignment": "alignment_training"}
+
+
+def with_renamed_sections(tree: dict[str, Any]) -> dict[str, Any]:
+    """The tree with each old section name replaced by its new one (a note on stderr says so). Both
+    names may be given (an old config.yaml and a new override); one key set differently under each is
+    refused, since one value would silently win."""
+    for old, new in RENAMED_SECTIONS.items():
+        if not isinstance(tree.get(old), dict) or not isinstance(tree.get(new, {}), dict):
+            continue  # absent, or not sections: the unknown key or bad value is refused by name as any other
+        given_new = tree.get(new) if isinstance(tree.get(new), dict) else {}
+        for key in sorted(set(tree[old]) & set(given_new)):
+            if tree[old][key] != given_new[key]:
+                raise ConfigError(f"{old}.{key}: the section is now {new}, and {new}.{key} is given too with "
+                                  f"another value; keep only {new}.{key}")
+        note(f"config section {old} is now {new}; {old}.* was read as {new}.* (rename it to silence this)")
+        renamed = {**tree[old], **given_new}
+        tree = {key: value for key, value in tree.items() if key not in (old, new)}
+        tree[new] = renamed
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config (or the defaults), apply `key.sub=value` overrides, validate everything."""
     tree: dict[str, Any] = {}
@@ -616,7 +642,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
                 node[part] = child
             node = child
         node[parts[-1]] = value
-    return _build(Config, tree, "")
+    return _build(Config, with_renamed_sections(tree), "")
 
 
 def key_of(field: dataclasses.Field) -> str:

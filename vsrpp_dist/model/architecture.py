@@ -232,7 +232,7 @@ def module_group(tensor_name: str) -> str:
 
 def alignment_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The flow network's and the deformable offsets' parameters: they get their own LR multiplier
-    (`alignment.lr_factor`), as BasicVSR++ trains its flow slower than the rest."""
+    (`alignment_training.lr_factor`), as BasicVSR++ trains its flow slower than the rest."""
     return [p for name, p in model.named_parameters() if name.startswith("flow_net.") or ".align.conv_offset." in name]
 
 

@@ -202,11 +202,11 @@ def run(args) -> int:
     # (the trainer's own count, start-up excluded) over its steps, alternating between the variants for
     # `--calibrate-rounds` rounds so that a change in machine load hits all of them alike; the median
     # over rounds. An explicitly aligned variant is measured with and without its photometric warm-up
-    # (alignment.photometric_steps) and the step count solves
+    # (alignment_training.photometric_steps) and the step count solves
     # min(N, P) * with_warmup + max(0, N - P) * after = budget. (Tried and dropped: the difference of two
     # runs' wall time, which swung +-30 % over 24 steps; CPU seconds, which OpenMP's spinning threads
     # inflate 2-3x on a loaded machine.)
-    regimes = {"warm-up": [], "after": ["alignment.photometric_steps=0"]}
+    regimes = {"warm-up": [], "after": ["alignment_training.photometric_steps=0"]}
     costs: dict[tuple[str, str], list[float]] = {}
     for round_index in range(args.calibrate_rounds):
         for variant in variants:
@@ -220,7 +220,7 @@ def run(args) -> int:
                                            args.overrides, quiet + extra + ["checkpoint.save_final=false"]),
                              work / f"{label}.log")
                 costs.setdefault((variant, regime), []).append(trained_seconds(calibrate) / args.calibrate_steps)
-    warmup_steps = base.alignment.photometric_steps
+    warmup_steps = base.alignment_training.photometric_steps
     s_per_iter, plan = {}, {}
     for variant in variants:
         after = statistics.median(costs[(variant, "after")])

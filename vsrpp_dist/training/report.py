@@ -123,12 +123,12 @@ class Report:
                    "Activity/Flow_Magnitude": meter.mean("flow_magnitude")}
         if self.cfg.model.alignment == "flow_deform":
             offset_mean = scalars["Activity/Offset_Mean"] = meter.mean("offset_mean")
-            limit = self.cfg.alignment.offset_warn_px
+            limit = self.cfg.alignment_training.offset_warn_px
             exploded = offset_mean > limit
             if exploded and not self._offsets_exploded:
                 self.observer.warn(f"step {self.state.step}: mean deformable offset {offset_mean:.1f} LR px exceeds "
-                                   f"alignment.offset_warn_px={limit:g}: the alignment is diverging; lower "
-                                   "alignment.lr_factor or optim.lr_peak (or resume from an earlier checkpoint)",
+                                   f"alignment_training.offset_warn_px={limit:g}: the alignment is diverging; lower "
+                                   "alignment_training.lr_factor or optim.lr_peak (or resume from an earlier checkpoint)",
                                    all_ranks=False)
             self._offsets_exploded = exploded
         return scalars
