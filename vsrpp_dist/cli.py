@@ -73,7 +73,8 @@ def gigabytes(text: str) -> float:
 
 
 def byte_size(text: str) -> int:
-    """An argparse `type` for a size in bytes: '1G', '500M', '64k', '1.5GiB', '1000000' -> bytes (K/M/G/T are powers of 1024)."""
+    """An argparse `type` for a size in bytes: '1G', '500M', '64k', '1.5GiB', '1000000' -> bytes
+    (K/M/G/T are powers of 1024)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
     if not match:
         raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 500M, 1G, 2000000)")

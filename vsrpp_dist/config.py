@@ -431,7 +431,8 @@ class Config:
     adaptive: AdaptiveConfig = dataclasses.field(default_factory=AdaptiveConfig, metadata={"doc": "adaptive system"})
     guard: GuardConfig = dataclasses.field(default_factory=GuardConfig, metadata={"doc": "non-finite guard"})
     alignment_training: AlignmentTrainingConfig = dataclasses.field(
-        default_factory=AlignmentTrainingConfig, metadata={"doc": "training the explicit alignment (flow, flow_deform)"})
+        default_factory=AlignmentTrainingConfig,
+        metadata={"doc": "training the explicit alignment (flow, flow_deform)"})
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig, metadata={"doc": "validation"})
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig, metadata={"doc": "checkpoint policy"})
     ema: EMAConfig = dataclasses.field(default_factory=EMAConfig, metadata={"doc": "weight EMA"})

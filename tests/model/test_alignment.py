@@ -374,8 +374,8 @@ def test_resume_is_exact_with_the_alignment_group_and_warm_up(train_shards, val_
     """Stopped by SIGTERM at step 3 of 6 while the photometric warm-up is still fading, then resumed:
     every step's losses and the final weights equal an uninterrupted run's."""
     settings = (*SMALL_ALIGNED, "train.total_steps=6", "validation.every=0", "train.log_every=1",
-                "alignment_training.photometric_steps=5", "alignment_training.lr_factor=2", "checkpoint.rolling_every=0",
-                "checkpoint.regular_every=0")
+                "alignment_training.photometric_steps=5", "alignment_training.lr_factor=2",
+                "checkpoint.rolling_every=0", "checkpoint.regular_every=0")
     straight, code = train(make_config(tmp_path / "straight", train_shards, val_shards, *settings))
     assert code == 0
 

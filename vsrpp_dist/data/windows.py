@@ -2,9 +2,10 @@
 validation, evaluate and upscale.
 
 Frame i is restored from frames i-2..i+2, mirrored at the sequence ends (frame 0 sees 2, 1, 0, 1, 2).
-In inference frames arrive one at a time from a decoder and sit in a sliding buffer that holds only what the next batch of windows needs (batch + 4
-frames), so a two-hour video never sits in memory whole. The end of the sequence is known only when
-the decoder runs dry; until then no window reaches past the last frame read, so none needs mirroring.
+In inference, frames arrive one at a time from a decoder and sit in a sliding buffer that holds only
+what the next batch of windows needs (batch + 4 frames), so a two-hour video never sits in memory
+whole. The end of the sequence is known only when the decoder runs dry; until then no window reaches
+past the last frame read, so none needs mirroring.
 """
 
 from __future__ import annotations

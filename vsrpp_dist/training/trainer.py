@@ -243,7 +243,7 @@ class Trainer:
                     sr_bchw, alignment = model(lq_btchw, with_alignment=True)
                 parts = self.loss_fn(sr_bchw, gt_btchw[:, gt_btchw.shape[1] // 2], weights)
                 objective = parts["total"]
-                if photometric_weight > 0:  # bootstraps the flow from scratch; fades out (alignment.*)
+                if photometric_weight > 0:  # bootstraps the flow from scratch; fades out (alignment_training.*)
                     objective = objective + photometric_weight * alignment["photometric"]
                 acc.backward(objective)
             parts.update(alignment)
