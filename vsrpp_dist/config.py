@@ -46,9 +46,24 @@ class RunConfig:
     seed: int = setting(0, "seed for weights, data stream and augmentation", min=0)
 
 
-# The alignment variants and the model keys each uses beyond the ones every variant has.
-ALIGNMENT_KEYS = {"implicit": (), "flow": ("flow_channels", "flow_levels", "max_flow"),
-                  "flow_deform": ("flow_channels", "flow_levels", "max_flow", "deform_groups", "max_residue")}
+@dataclass(frozen=True)
+class Alignment:
+    """What an alignment variant (`model.alignment`) is, as the rest of the program asks it."""
+
+    name: str
+    explicit: bool  # estimates flows: a flow network, the photometric warm-up, its own LR group
+    deformable: bool  # aligns by a deformable convolution whose offsets it reports
+    keys: tuple[str, ...]  # the model keys it uses beyond the ones every variant has
+
+
+# The alignment variants: the one list (the model's constructor keeps a guard of its own, since the model
+# imports only torch; tests/model/test_alignment.py checks the two name the same variants).
+ALIGNMENTS = {a.name: a for a in (
+    Alignment("implicit", explicit=False, deformable=False, keys=()),
+    Alignment("flow", explicit=True, deformable=False, keys=("flow_channels", "flow_levels", "max_flow")),
+    Alignment("flow_deform", explicit=True, deformable=True,
+              keys=("flow_channels", "flow_levels", "max_flow", "deform_groups", "max_residue")),
+)}
 
 
 @dataclass(frozen=True)
@@ -63,13 +78,28 @@ class ModelConfig:
     upsample_channels: int = setting(64, "channels after the x3 pixel shuffle", min=3, max=4096)
     alignment: str = setting("implicit", "how a branch aligns its state to the next frame: implicit (convolutions "
                              "only), flow (warp by a learned flow), flow_deform (deformable conv guided by it)",
-                             choices=tuple(ALIGNMENT_KEYS))
+                             choices=tuple(ALIGNMENTS))
     flow_channels: int = setting(32, "width of the flow network (flow and flow_deform)", min=2, max=4096)
     flow_levels: int = setting(3, "pyramid levels of the flow network (each halves the resolution)", min=1, max=6)
     max_flow: float = setting(16.0, "flows are clamped to this many LR pixels per frame step (bounds the "
                               "receptive field, so tiled inference stays exact)", min=1.0)
     deform_groups: int = setting(8, "offset groups of the deformable alignment (must divide channels)", min=1)
     max_residue: float = setting(10.0, "bound (LR pixels) of the deformable offsets' deviation from the flow", min=0.0)
+
+    def __post_init__(self) -> None:
+        if self.deformable_alignment and self.channels % self.deform_groups:
+            raise ConfigError(f"deform_groups: {self.deform_groups} does not divide model.channels {self.channels}")
+
+    @property
+    def explicit_alignment(self) -> bool:
+        """Whether the alignment estimates flows (flow, flow_deform): a flow network, the photometric
+        warm-up, its own LR group, flows in inference's per-frame cache."""
+        return ALIGNMENTS[self.alignment].explicit
+
+    @property
+    def deformable_alignment(self) -> bool:
+        """Whether the alignment is a deformable convolution (flow_deform), with offsets to report."""
+        return ALIGNMENTS[self.alignment].deformable
 
 
 # A checkpoint made before a model key existed was trained with this value of it (later keys that only
@@ -86,7 +116,8 @@ def architecture_of(model_values: dict) -> dict:
     """The model keys that decide the architecture and its weights, from a saved or current model
     config: every key except the ones only other alignment variants use."""
     values = with_legacy_values(model_values)
-    unused = set().union(*ALIGNMENT_KEYS.values()) - set(ALIGNMENT_KEYS.get(values["alignment"], ()))
+    used = ALIGNMENTS[values["alignment"]].keys if values["alignment"] in ALIGNMENTS else ()
+    unused = {key for a in ALIGNMENTS.values() for key in a.keys} - set(used)
     return {f.name: values.get(f.name) for f in dataclasses.fields(ModelConfig) if f.name not in unused}
 
 
@@ -448,9 +479,6 @@ class Config:
                               f"(got {ck.best_window_start}..{ck.best_window_end} of {ck.best_period})")
         if self.optim.lr_min > self.optim.lr_peak:
             raise ConfigError(f"optim.lr_min: {self.optim.lr_min} is above optim.lr_peak {self.optim.lr_peak}")
-        if self.model.alignment == "flow_deform" and self.model.channels % self.model.deform_groups:
-            raise ConfigError(f"model.deform_groups: {self.model.deform_groups} does not divide model.channels "
-                              f"{self.model.channels}")
         if self.adaptive.sharpness_off < self.adaptive.sharpness_on:
             raise ConfigError("adaptive.sharpness_off: must be >= adaptive.sharpness_on (hysteresis)")
 
@@ -528,7 +556,9 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
     return out
 
 
-def _build(cls: type, values: Any, prefix: str) -> Any:
+def build(cls: type, values: Any, prefix: str = "") -> Any:
+    """A config (or one section, `cls`) from plain values: YAML, JSON, a checkpoint's model_config. Every key
+    is coerced and checked as on load; a bad or unknown one is refused naming `prefix` + its key."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -548,7 +578,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
             if field.default_factory is not dataclasses.MISSING and (given is None or isinstance(given, dict)):
                 # the section's own defaults (e.g. the second degradation order's) under what was given
                 given = _merged(config_to_dict(field.default_factory()), given or {})
-            kwargs[field.name] = _build(tp, given, key + ".")
+            kwargs[field.name] = build(tp, given, key + ".")
         elif name in values:
             kwargs[field.name] = _coerce(key, values[name], tp, field.metadata)
     try:
@@ -643,7 +673,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
                 node[part] = child
             node = child
         node[parts[-1]] = value
-    return _build(Config, with_renamed_sections(tree), "")
+    return build(Config, with_renamed_sections(tree), "")
 
 
 def key_of(field: dataclasses.Field) -> str:

@@ -11,12 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vsrpp_dist.config import ConfigError, ModelConfig, load_config
+from vsrpp_dist.config import ALIGNMENTS, ConfigError, ModelConfig, load_config
 from vsrpp_dist.inference.clip_upscaler import ClipUpscaler
-from vsrpp_dist.inference.loading import LoadedModel, load_model
+from vsrpp_dist.inference.loading import LoadedModel, alignment_of_weights, load_model, model_config_from_dict
 from vsrpp_dist.inference.tiles import tile_spans
 from vsrpp_dist.model.receptive_field import receptive_radius, tile_multiple
 from vsrpp_dist.model.alignment import (
+    ALIGNMENTS as MODEL_ALIGNMENTS,
     FlowGuidedDeformAlign,
     FlowNet,
     compose_flows,
@@ -215,6 +216,29 @@ def test_alignment_settings_are_validated():
         load_config(None, ["model.alignment=flow_deform", "model.deform_groups=3"])
     with pytest.raises(ConfigError, match="alignment_training.lr_factor"):
         load_config(None, ["alignment_training.lr_factor=-1"])
+
+
+def test_the_alignment_is_data_with_one_list():
+    """The config's list is the one the program asks (choices, keys, properties); the model, which imports
+    only torch, guards the same names; a variant's properties decide what is built."""
+    assert tuple(ALIGNMENTS) == MODEL_ALIGNMENTS
+    kinds = {name: (ModelConfig(alignment=name).explicit_alignment, ModelConfig(alignment=name).deformable_alignment)
+             for name in ALIGNMENTS}
+    assert kinds == {"implicit": (False, False), "flow": (True, False), "flow_deform": (True, True)}
+    for name in ALIGNMENTS:
+        model = build_model(small_model_cfg(name))
+        assert hasattr(model, "flow_net") == ModelConfig(alignment=name).explicit_alignment
+        assert alignment_of_weights(model.state_dict()) == name
+
+
+def test_a_model_config_is_built_from_a_dict_and_checked_as_on_load():
+    built = model_config_from_dict({"channels": 16, "alignment": "flow", "max_flow": 8}, "ckpt")
+    assert built == load_config(None, ["model.channels=16", "model.alignment=flow", "model.max_flow=8"]).model
+    assert model_config_from_dict({"channels": 16}, "old").alignment == "implicit"  # predates the key
+    with pytest.raises(CheckpointError, match="model.deform_groups: 3 does not divide model.channels 16"):
+        model_config_from_dict({"channels": 16, "alignment": "flow_deform", "deform_groups": 3}, "ckpt")
+    with pytest.raises(CheckpointError, match="model.colour: unknown key"):
+        model_config_from_dict({"colour": "blue"}, "ckpt")
 
 
 def test_flow_and_offset_parameters_form_their_own_group():

@@ -115,7 +115,7 @@ class ClipUpscaler:
             return True
         distinct = len({i for window in frame_ids for i in window})
         pixels = sum((r.in_end - r.in_start) * (c.in_end - c.in_start) for r in rows for c in cols)
-        flow_channels = 0 if self.model_cfg.alignment == "implicit" else 2 * 2  # two flows per new frame
+        flow_channels = 2 * 2 if self.model_cfg.explicit_alignment else 0  # two flows per new frame
         need = distinct * pixels * (self.model_cfg.channels + flow_channels) * 4
         if need <= self.cache_bytes:
             return True
@@ -141,7 +141,7 @@ class ClipUpscaler:
         them, from the cache where the frame (pair) was seen, computed in one batch where not."""
         cache = self.cache
         t = lq_btchw.shape[1]
-        pairs = neighbour_pairs(t) if self.model_cfg.alignment != "implicit" else []
+        pairs = neighbour_pairs(t) if self.model_cfg.explicit_alignment else []
         frame_at = {}  # frame id -> its (3, h, w) tile
         for bi, window in enumerate(frame_ids):
             for ti, frame_id in enumerate(window):

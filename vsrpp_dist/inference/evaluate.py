@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 from ..cli import OneLineParser, int_at_least, note, run_cli
-from ..config import SCALE, load_config
+from ..config import SCALE, DegradationConfig, build
 from ..data import shard_format as fmt
 from ..data.degradation import build_degradation, degrade_sequence
 from ..data.locations import Location
@@ -418,7 +418,7 @@ def main(argv=None) -> int:
     if args.degradation == "realistic":
         if args.lr:
             raise InferenceError("--lr and --degradation realistic exclude each other: real LR is not degraded again")
-        degradation = build_degradation(load_config(None, ["degradation.kind=realistic"]).degradation)
+        degradation = build_degradation(build(DegradationConfig, {"kind": "realistic"}, "degradation."))
     device = resolve_device(args.device)
     data = data_location(args.data)
     if not data.is_local:  # a packed validation set in a bucket, behind HTTP or a pipe: command

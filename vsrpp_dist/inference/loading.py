@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig, config_to_dict, load_config, with_legacy_values
+from ..config import ALIGNMENTS, ConfigError, ModelConfig, build, config_to_dict, with_legacy_values
 from ..errors import CheckpointError
 from ..model.architecture import build_model
 from ..model.receptive_field import receptive_radius, tile_multiple
@@ -56,7 +56,7 @@ def model_config_from_dict(values: dict, where: str) -> ModelConfig:
         raise CheckpointError(f"{where}: has no model_config")
     values = with_legacy_values(values)  # weights from before a key existed
     try:
-        return load_config(None, [f"model.{key}={value}" for key, value in values.items()]).model
+        return build(ModelConfig, values, "model.")
     except ConfigError as err:
         raise CheckpointError(f"{where}: its model_config is not a model this version builds ({err})") from None
 
@@ -79,10 +79,11 @@ def _state_dict_mismatch(model: nn.Module, state_dict: dict) -> str | None:
 
 
 def alignment_of_weights(state_dict: dict) -> str:
-    """Which `model.alignment` built these weights, from the modules only it has."""
-    if any(".align." in key for key in state_dict):
-        return "flow_deform"
-    return "flow" if any(key.startswith("flow_net.") for key in state_dict) else "implicit"
+    """Which `model.alignment` built these weights, from the modules only it has: a flow network (explicit)
+    and deformable aligners in the propagation cells (deformable)."""
+    deformable = any(".align." in key for key in state_dict)
+    explicit = deformable or any(key.startswith("flow_net.") for key in state_dict)
+    return next(a.name for a in ALIGNMENTS.values() if (a.explicit, a.deformable) == (explicit, deformable))
 
 
 def load_model(checkpoint: str | Path, device: torch.device) -> LoadedModel:

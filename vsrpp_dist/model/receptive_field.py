@@ -51,13 +51,13 @@ def receptive_radius(model_cfg: ModelConfig) -> int:
     """
     e, p, r = model_cfg.extract_blocks, model_cfg.propagation_blocks, model_cfg.reconstruction_blocks
     steps = model_cfg.num_frames // 2
-    if model_cfg.alignment == "implicit":
+    if not model_cfg.explicit_alignment:
         lr_convs = (1 + 2 * e) + steps * (1 + 2 * p) + 1 + 2 * r + 1
         hr_conv = 1
         bicubic = 2
         return max(lr_convs + hr_conv, bicubic)
     m = model_cfg.max_flow
-    align_reach = m + 1 if model_cfg.alignment == "flow" else m + max(model_cfg.max_residue + 2, 3)
+    align_reach = m + max(model_cfg.max_residue + 2, 3) if model_cfg.deformable_alignment else m + 1
     chain = (1 + 2 * e) + steps * (align_reach + 1 + 2 * p) + (steps * m + 1) + 1 + 2 * r + 1 + 1
     composed = (steps - 1) * (m + 1)
     flow_net = sum(2**level * (5 * (FLOW_KERNEL // 2) + 4) + m for level in range(model_cfg.flow_levels))
@@ -66,4 +66,4 @@ def receptive_radius(model_cfg: ModelConfig) -> int:
 
 def tile_multiple(model_cfg: ModelConfig) -> int:
     """Tiles start on multiples of this (the flow pyramid's pooling grid); 1 for `implicit`."""
-    return 1 if model_cfg.alignment == "implicit" else 2 ** (model_cfg.flow_levels - 1)
+    return 2 ** (model_cfg.flow_levels - 1) if model_cfg.explicit_alignment else 1

@@ -61,7 +61,7 @@ class Report:
         self.adaptive = adaptive
         self.checkpoints = checkpoints
         self.telemetry = GpuTelemetry(accelerator.device)
-        self.aligns = cfg.model.alignment != "implicit"
+        self.aligns = cfg.model.explicit_alignment
         self._offsets_exploded = False  # the offset warning fires once per crossing of the limit
         self._last_interval: dict[str, float] = {}
         self._telemetry_text = ""
@@ -121,7 +121,7 @@ class Report:
         scalars = {"Loss/Photometric": meter.mean("photometric"),
                    "Training/Photometric_Weight": meter.mean("photometric_weight"),
                    "Activity/Flow_Magnitude": meter.mean("flow_magnitude")}
-        if self.cfg.model.alignment == "flow_deform":
+        if self.cfg.model.deformable_alignment:
             offset_mean = scalars["Activity/Offset_Mean"] = meter.mean("offset_mean")
             limit = self.cfg.alignment_training.offset_warn_px
             exploded = offset_mean > limit

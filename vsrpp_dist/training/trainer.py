@@ -98,7 +98,7 @@ class Trainer:
                 self.observer.info(f"init: {', '.join(cfg.init.freeze)} fixed (LR factor 0) until step "
                                    f"{cfg.init.freeze_steps}")
         self.activity = BranchActivity(model)
-        self.aligns = cfg.model.alignment != "implicit"
+        self.aligns = cfg.model.explicit_alignment
         optimizer, self.lr_factors = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment_training.lr_factor,
                                                      device_type=acc.device.type, frozen=cfg.init.freeze,
                                                      freeze_steps=cfg.init.freeze_steps)
