@@ -9,7 +9,7 @@ import re
 import sys
 from typing import Callable, Sequence
 
-from .errors import RunFailure, UserError
+from .errors import RunFailure, Stopped, UserError
 from .masking import mask
 
 USER_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, NotADirectoryError)
@@ -25,6 +25,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except RunFailure as err:
         print(f"{prog}: error: {mask(str(err))}", file=sys.stderr)
         return 1
+    except Stopped as err:
+        print(f"{prog}: {mask(str(err))}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
