@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from fractions import Fraction
 from typing import Callable, Sequence
 
 from .errors import RunFailure, Stopped, UserError
@@ -85,3 +86,29 @@ def byte_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1 byte")
     return int(value)
+
+
+def frame_rate(text: str) -> Fraction:
+    """An argparse `type` for a frame rate: '25', '29.97', '30000/1001' -> an exact fraction (> 0)."""
+    try:
+        fps = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a frame rate (examples: 25, 29.97, 30000/1001)") from None
+    if fps <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the frame rate must be positive")
+    return fps.limit_denominator(1_000_000)
+
+
+def names_from(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argparse `type` for a comma-separated list of names from `choices` (at least one; each once, in
+    the order given)."""
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        unknown = [n for n in names if n not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"{unknown[0]!r} is not one of {', '.join(choices)}")
+        if not names:
+            raise argparse.ArgumentTypeError(f"{text!r}: give one or more of {', '.join(choices)}, comma-separated")
+        return names
+    return parse
+

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import OneLineParser, note, run_cli
+from ..cli import OneLineParser, frame_rate, note, run_cli
 from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, cut_short_warning, scan_source
 from ..data.windows import sliding_windows
 from ..errors import InferenceError
@@ -62,16 +62,6 @@ DEFAULT_CRF = 16
 DEFAULT_FPS = Fraction(25)
 
 
-def parse_fps(text: str) -> Fraction:
-    try:
-        fps = Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a frame rate (examples: 25, 29.97, 30000/1001)") from None
-    if fps <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the frame rate must be positive")
-    return fps.limit_denominator(1_000_000)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0],
                            epilog="Video output: libx264 (VP9 for .webm) at --crf, 4:2:0 chroma when the "
@@ -84,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, metavar="Q",
                         help=f"video quality, lower is better and larger (default {DEFAULT_CRF}; 0 is lossless "
                              "with libx264)")
-    parser.add_argument("--fps", type=parse_fps, default=None, metavar="R",
+    parser.add_argument("--fps", type=frame_rate, default=None, metavar="R",
                         help="frame rate of a video output (default: the source video's; 25 for frame folders)")
     parser.add_argument("--no-audio", action="store_true",
                         help="leave the source video's audio out (by default every audio stream is copied "

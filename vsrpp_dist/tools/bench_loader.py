@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli import int_at_least
+from ..cli import int_at_least, names_from
 from ..config import SCALE
 from ..errors import BenchError
 from ..files import usable_cores
@@ -63,16 +63,6 @@ PACK_OUTPUTS = (".tar", ".partial", "manifest.json")
 _positive_int = int_at_least(1)
 
 
-def _codec_list(text: str) -> list[str]:
-    from ..data.shard_format import CODECS
-
-    codecs = [c.strip() for c in text.split(",") if c.strip()]
-    unknown = [c for c in codecs if c not in CODECS]
-    if unknown or not codecs:
-        raise argparse.ArgumentTypeError(f"{text!r}: give codecs from {', '.join(CODECS)}, comma-separated")
-    return list(dict.fromkeys(codecs))
-
-
 def add_parser(commands) -> None:
     from ..data.shard_format import CODECS, DEFAULT_CODEC
 
@@ -91,7 +81,7 @@ def add_parser(commands) -> None:
                         "default: a temporary folder, deleted at the end")
     p.add_argument("--codec", choices=CODECS, default=DEFAULT_CODEC,
                    help=f"codec of the shards under test (default: {DEFAULT_CODEC}, the pack default)")
-    p.add_argument("--codecs", nargs="?", const=",".join(CODECS), type=_codec_list, default=None,
+    p.add_argument("--codecs", nargs="?", const=",".join(CODECS), type=names_from(CODECS), default=None,
                    metavar="LIST", help=f"also pack and measure these codecs and name the winner "
                                         f"(default list: {','.join(CODECS)})")
     p.add_argument("--min-tile", type=_positive_int, default=None, metavar="PX",
