@@ -87,6 +87,8 @@ class ModelConfig:
     max_residue: float = setting(10.0, "bound (LR pixels) of the deformable offsets' deviation from the flow", min=0.0)
 
     def __post_init__(self) -> None:
+        if self.alignment not in ALIGNMENTS:  # built directly, not loaded (a load checks the choices first)
+            raise ConfigError(f"alignment: {self.alignment!r} is not one of {', '.join(ALIGNMENTS)}")
         if self.deformable_alignment and self.channels % self.deform_groups:
             raise ConfigError(f"deform_groups: {self.deform_groups} does not divide model.channels {self.channels}")
 

@@ -225,6 +225,8 @@ def test_the_alignment_is_data_with_one_list():
     kinds = {name: (ModelConfig(alignment=name).explicit_alignment, ModelConfig(alignment=name).deformable_alignment)
              for name in ALIGNMENTS}
     assert kinds == {"implicit": (False, False), "flow": (True, False), "flow_deform": (True, True)}
+    with pytest.raises(ConfigError, match="alignment: 'optical' is not one of implicit, flow, flow_deform"):
+        ModelConfig(alignment="optical")
     for name in ALIGNMENTS:
         model = build_model(small_model_cfg(name))
         assert hasattr(model, "flow_net") == ModelConfig(alignment=name).explicit_alignment
