@@ -135,7 +135,8 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
         """The rest of `forward` from what does not depend on which frame is the centre: `feats[i]`, the
         (B, C, h, w) features of frame i (`feature_extractor`), and `flows[(a, b)]`, the flow a -> b for
         every pair in `neighbour_pairs` (`flow_net`; None for `implicit`). Inference computes those once
-        per frame and reuses them across the overlapping windows (inference/clip_upscaler.py, inference/frame_cache.py)."""
+        per frame and reuses them across the overlapping windows (inference/clip_upscaler.py,
+        inference/frame_cache.py)."""
         t = lq_btchw.shape[1]
         centre = t // 2
         for branch in (self.backward_branch, self.forward_branch):

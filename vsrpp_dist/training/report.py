@@ -128,7 +128,8 @@ class Report:
             if exploded and not self._offsets_exploded:
                 self.observer.warn(f"step {self.state.step}: mean deformable offset {offset_mean:.1f} LR px exceeds "
                                    f"alignment_training.offset_warn_px={limit:g}: the alignment is diverging; lower "
-                                   "alignment_training.lr_factor or optim.lr_peak (or resume from an earlier checkpoint)",
+                                   "alignment_training.lr_factor or optim.lr_peak (or resume from an earlier "
+                                   "checkpoint)",
                                    all_ranks=False)
             self._offsets_exploded = exploded
         return scalars

@@ -99,7 +99,8 @@ class Trainer:
                                    f"{cfg.init.freeze_steps}")
         self.activity = BranchActivity(model)
         self.aligns = cfg.model.explicit_alignment
-        optimizer, self.lr_factors = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment_training.lr_factor,
+        optimizer, self.lr_factors = build_optimizer(model, cfg.optim,
+                                                     alignment_lr_factor=cfg.alignment_training.lr_factor,
                                                      device_type=acc.device.type, frozen=cfg.init.freeze,
                                                      freeze_steps=cfg.init.freeze_steps)
         model = self._maybe_compile(model)
