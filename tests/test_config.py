@@ -95,3 +95,25 @@ def test_every_key_is_documented():
     for line in describe():
         key, _, doc = line.partition("#")
         assert doc.strip(), f"undocumented config key: {key}"
+
+
+def test_a_config_from_before_the_section_rename_still_loads(tmp_path, capsys):
+    """Runs written before `alignment:` became `alignment_training:` (RUN/config.yaml, old command lines)
+    load as they meant, with one note naming the new key; a value set differently under both is refused."""
+    old_run = tmp_path / "config.yaml"
+    old_run.write_text("model:\n  alignment: flow\nalignment:\n  lr_factor: 0.25\n  photometric_steps: 7\n")
+    cfg = load_config(old_run, ["alignment_training.photometric_weight=0.5"])
+    assert cfg.model.alignment == "flow"
+    assert (cfg.alignment_training.lr_factor, cfg.alignment_training.photometric_steps) == (0.25, 7)
+    assert cfg.alignment_training.photometric_weight == 0.5
+    err = capsys.readouterr().err
+    assert err.count("note: config section alignment is now alignment_training") == 1
+    assert load_config(None, ["alignment.offset_warn_px=3"]).alignment_training.offset_warn_px == 3.0
+    with pytest.raises(ConfigError, match="alignment.lr_factor: the section is now alignment_training"):
+        load_config(old_run, ["alignment_training.lr_factor=2"])
+    assert load_config(old_run, ["alignment_training.lr_factor=0.25"]).alignment_training.lr_factor == 0.25
+    with pytest.raises(ConfigError, match="alignment: unknown key"):
+        load_config(None, ["alignment=flow"])  # not a section: refused by name, as any unknown key
+    capsys.readouterr()
+    load_config(None, ["alignment_training.lr_factor=1"])
+    assert "note:" not in capsys.readouterr().err  # the new name alone says nothing

@@ -46,3 +46,19 @@ def test_a_stop_before_the_wait_gives_it_the_grace_and_a_quick_batch_is_kept():
         time.sleep(0.2)  # no stray signal from the grace timer after the wait
     finally:
         signals.restore()
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_at_once_stops_at_the_first_signal_and_tells_which(signum, code):
+    """pack has no step boundary to wait for: the first signal interrupts there and then, and the exit
+    code still tells Ctrl-C from SIGTERM; the previous handlers come back afterwards."""
+    before = signal.getsignal(signum)
+    signals = StopSignals(at_once=True)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signum)
+            threading.Event().wait(5)  # never reached in full: the handler raises in the main thread
+        assert signals.exit_code == code
+    finally:
+        signals.restore()
+    assert signal.getsignal(signum) is before

@@ -1,4 +1,4 @@
-"""`python -m vsrpp_dist.bench`: the benchmarks (the code lives in vsrpp_dist/tools/bench.py)."""
+"""`python -m vsrpp_dist.bench`: the benchmarks (vsrpp_dist/tools/bench.py dispatches to tools/bench_*.py)."""
 
 import sys
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .cli import note
 from .errors import ConfigError
 from .masking import mask_tree
 
@@ -45,9 +46,24 @@ class RunConfig:
     seed: int = setting(0, "seed for weights, data stream and augmentation", min=0)
 
 
-# The alignment variants and the model keys each uses beyond the ones every variant has.
-ALIGNMENT_KEYS = {"implicit": (), "flow": ("flow_channels", "flow_levels", "max_flow"),
-                  "flow_deform": ("flow_channels", "flow_levels", "max_flow", "deform_groups", "max_residue")}
+@dataclass(frozen=True)
+class Alignment:
+    """What an alignment variant (`model.alignment`) is, as the rest of the program asks it."""
+
+    name: str
+    explicit: bool  # estimates flows: a flow network, the photometric warm-up, its own LR group
+    deformable: bool  # aligns by a deformable convolution whose offsets it reports
+    keys: tuple[str, ...]  # the model keys it uses beyond the ones every variant has
+
+
+# The alignment variants: the one list (the model's constructor keeps a guard of its own, since the model
+# imports only torch; tests/model/test_alignment.py checks the two name the same variants).
+ALIGNMENTS = {a.name: a for a in (
+    Alignment("implicit", explicit=False, deformable=False, keys=()),
+    Alignment("flow", explicit=True, deformable=False, keys=("flow_channels", "flow_levels", "max_flow")),
+    Alignment("flow_deform", explicit=True, deformable=True,
+              keys=("flow_channels", "flow_levels", "max_flow", "deform_groups", "max_residue")),
+)}
 
 
 @dataclass(frozen=True)
@@ -62,13 +78,30 @@ class ModelConfig:
     upsample_channels: int = setting(64, "channels after the x3 pixel shuffle", min=3, max=4096)
     alignment: str = setting("implicit", "how a branch aligns its state to the next frame: implicit (convolutions "
                              "only), flow (warp by a learned flow), flow_deform (deformable conv guided by it)",
-                             choices=tuple(ALIGNMENT_KEYS))
+                             choices=tuple(ALIGNMENTS))
     flow_channels: int = setting(32, "width of the flow network (flow and flow_deform)", min=2, max=4096)
     flow_levels: int = setting(3, "pyramid levels of the flow network (each halves the resolution)", min=1, max=6)
     max_flow: float = setting(16.0, "flows are clamped to this many LR pixels per frame step (bounds the "
                               "receptive field, so tiled inference stays exact)", min=1.0)
     deform_groups: int = setting(8, "offset groups of the deformable alignment (must divide channels)", min=1)
     max_residue: float = setting(10.0, "bound (LR pixels) of the deformable offsets' deviation from the flow", min=0.0)
+
+    def __post_init__(self) -> None:
+        if self.alignment not in ALIGNMENTS:  # built directly, not loaded (a load checks the choices first)
+            raise ConfigError(f"alignment: {self.alignment!r} is not one of {', '.join(ALIGNMENTS)}")
+        if self.deformable_alignment and self.channels % self.deform_groups:
+            raise ConfigError(f"deform_groups: {self.deform_groups} does not divide model.channels {self.channels}")
+
+    @property
+    def explicit_alignment(self) -> bool:
+        """Whether the alignment estimates flows (flow, flow_deform): a flow network, the photometric
+        warm-up, its own LR group, flows in inference's per-frame cache."""
+        return ALIGNMENTS[self.alignment].explicit
+
+    @property
+    def deformable_alignment(self) -> bool:
+        """Whether the alignment is a deformable convolution (flow_deform), with offsets to report."""
+        return ALIGNMENTS[self.alignment].deformable
 
 
 # A checkpoint made before a model key existed was trained with this value of it (later keys that only
@@ -85,7 +118,8 @@ def architecture_of(model_values: dict) -> dict:
     """The model keys that decide the architecture and its weights, from a saved or current model
     config: every key except the ones only other alignment variants use."""
     values = with_legacy_values(model_values)
-    unused = set().union(*ALIGNMENT_KEYS.values()) - set(ALIGNMENT_KEYS.get(values["alignment"], ()))
+    used = ALIGNMENTS[values["alignment"]].keys if values["alignment"] in ALIGNMENTS else ()
+    unused = {key for a in ALIGNMENTS.values() for key in a.keys} - set(used)
     return {f.name: values.get(f.name) for f in dataclasses.fields(ModelConfig) if f.name not in unused}
 
 
@@ -308,7 +342,7 @@ class GuardConfig:
 
 
 @dataclass(frozen=True)
-class AlignmentConfig:
+class AlignmentTrainingConfig:
     lr_factor: float = setting(1.0, "LR multiplier of the flow network and deformable offsets (0 freezes them "
                                "without touching requires_grad)", min=0.0)
     photometric_weight: float = setting(0.1, "weight of the self-supervised flow loss (LR neighbours warped onto "
@@ -429,8 +463,9 @@ class Config:
     loss: LossConfig = dataclasses.field(default_factory=LossConfig, metadata={"doc": "HybridLoss base weights"})
     adaptive: AdaptiveConfig = dataclasses.field(default_factory=AdaptiveConfig, metadata={"doc": "adaptive system"})
     guard: GuardConfig = dataclasses.field(default_factory=GuardConfig, metadata={"doc": "non-finite guard"})
-    alignment: AlignmentConfig = dataclasses.field(default_factory=AlignmentConfig,
-                                                   metadata={"doc": "training the explicit alignment"})
+    alignment_training: AlignmentTrainingConfig = dataclasses.field(
+        default_factory=AlignmentTrainingConfig,
+        metadata={"doc": "training the explicit alignment (flow, flow_deform)"})
     validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig, metadata={"doc": "validation"})
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig, metadata={"doc": "checkpoint policy"})
     ema: EMAConfig = dataclasses.field(default_factory=EMAConfig, metadata={"doc": "weight EMA"})
@@ -446,9 +481,6 @@ class Config:
                               f"(got {ck.best_window_start}..{ck.best_window_end} of {ck.best_period})")
         if self.optim.lr_min > self.optim.lr_peak:
             raise ConfigError(f"optim.lr_min: {self.optim.lr_min} is above optim.lr_peak {self.optim.lr_peak}")
-        if self.model.alignment == "flow_deform" and self.model.channels % self.model.deform_groups:
-            raise ConfigError(f"model.deform_groups: {self.model.deform_groups} does not divide model.channels "
-                              f"{self.model.channels}")
         if self.adaptive.sharpness_off < self.adaptive.sharpness_on:
             raise ConfigError("adaptive.sharpness_off: must be >= adaptive.sharpness_on (hysteresis)")
 
@@ -526,7 +558,9 @@ def _coerce(key: str, value: Any, tp: Any, meta: typing.Mapping[str, Any]) -> An
     return out
 
 
-def _build(cls: type, values: Any, prefix: str) -> Any:
+def build(cls: type, values: Any, prefix: str = "") -> Any:
+    """A config (or one section, `cls`) from plain values: YAML, JSON, a checkpoint's model_config. Every key
+    is coerced and checked as on load; a bad or unknown one is refused naming `prefix` + its key."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -546,7 +580,7 @@ def _build(cls: type, values: Any, prefix: str) -> Any:
             if field.default_factory is not dataclasses.MISSING and (given is None or isinstance(given, dict)):
                 # the section's own defaults (e.g. the second degradation order's) under what was given
                 given = _merged(config_to_dict(field.default_factory()), given or {})
-            kwargs[field.name] = _build(tp, given, key + ".")
+            kwargs[field.name] = build(tp, given, key + ".")
         elif name in values:
             kwargs[field.name] = _coerce(key, values[name], tp, field.metadata)
     try:
@@ -594,6 +628,31 @@ def shipped_config(path: Path) -> Path:
     raise ConfigError(f"{path}: config file not found (shipped configs, by name: {shipped})")
 
 
+# Sections renamed since configs were written: old name -> new name. A run's config.yaml or a command line
+# from before the rename still loads, with one note naming the new key (`alignment:` held the explicit
+# alignment's training settings and read as if it were `model.alignment`).
+RENAMED_SECTIONS = {"alignment": "alignment_training"}
+
+
+def with_renamed_sections(tree: dict[str, Any]) -> dict[str, Any]:
+    """The tree with each old section name replaced by its new one (a note on stderr says so). Both
+    names may be given (an old config.yaml and a new override); one key set differently under each is
+    refused, since one value would silently win."""
+    for old, new in RENAMED_SECTIONS.items():
+        if not isinstance(tree.get(old), dict) or not isinstance(tree.get(new, {}), dict):
+            continue  # absent, or not sections: the unknown key or bad value is refused by name as any other
+        given_new = tree.get(new) if isinstance(tree.get(new), dict) else {}
+        for key in sorted(set(tree[old]) & set(given_new)):
+            if tree[old][key] != given_new[key]:
+                raise ConfigError(f"{old}.{key}: the section is now {new}, and {new}.{key} is given too with "
+                                  f"another value; keep only {new}.{key}")
+        note(f"config section {old} is now {new}; {old}.* was read as {new}.* (rename it to silence this)")
+        renamed = {**tree[old], **given_new}
+        tree = {key: value for key, value in tree.items() if key not in (old, new)}
+        tree[new] = renamed
+    return tree
+
+
 def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Read a YAML config (or the defaults), apply `key.sub=value` overrides, validate everything."""
     tree: dict[str, Any] = {}
@@ -616,7 +675,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
                 node[part] = child
             node = child
         node[parts[-1]] = value
-    return _build(Config, tree, "")
+    return build(Config, with_renamed_sections(tree), "")
 
 
 def key_of(field: dataclasses.Field) -> str:

@@ -20,6 +20,7 @@ else is a bug and keeps its traceback. (cli.run_cli does the printing.)
       BenchError         a benchmark's options or folders
     RunFailure
       RankLostError      another rank stopped; this one cannot go on alone
+    Stopped            a stop signal ended a command that stops at once (pack): one line, exit code 128 + signal
 """
 
 from __future__ import annotations
@@ -108,3 +109,12 @@ class RunFailure(RuntimeError):
 
 class RankLostError(RunFailure):
     """Another rank stopped (killed, crashed, its machine gone) and this one cannot go on alone."""
+
+
+class Stopped(Exception):
+    """Ctrl-C or SIGTERM ended a command that stops at once rather than at a step boundary (pack): the
+    message says what was left behind, printed as `PROG: MESSAGE` with exit code 128 + the signal."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

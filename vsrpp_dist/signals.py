@@ -33,7 +33,11 @@ class StopWhileWaiting(Exception):
 
 
 class StopSignals:
-    def __init__(self) -> None:
+    """`at_once`: for a command without step boundaries to stop at (pack), the first signal is recorded
+    and raised as KeyboardInterrupt there and then; `exit_code` still tells Ctrl-C (130) from SIGTERM (143)."""
+
+    def __init__(self, at_once: bool = False) -> None:
+        self.at_once = at_once
         self.received: str | None = None
         self._interrupting = False  # inside interrupting(): a wait for data
         self._grace: threading.Timer | None = None
@@ -55,6 +59,8 @@ class StopSignals:
             return  # the wait ended just in time
         if self.received is None:
             self.received = name
+            if self.at_once:
+                raise KeyboardInterrupt(name)
             if self._interrupting:
                 self._arm_grace()
             return

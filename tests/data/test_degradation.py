@@ -309,7 +309,7 @@ def test_evaluate_scores_the_same_degraded_set_a_realistic_run_validates_on(val_
     from vsrpp_dist.config import ValidationConfig
     from vsrpp_dist.data.validation_set import ValidationSet
     from vsrpp_dist.inference import evaluate
-    from vsrpp_dist.inference.common import load_model
+    from vsrpp_dist.inference.loading import load_model
     from vsrpp_dist.training.validation import Validator
 
     from ..helpers import OneProcess, Quiet, save_weights

@@ -3,6 +3,7 @@ decoding back to the exact input pixels, checksums, bad input, interruption, det
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import os
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vsrpp_dist.cli import byte_size
 from vsrpp_dist.data import pack_command as pack
 from vsrpp_dist.data.packer import RunSplitter, plan_segments
 from vsrpp_dist.data.shard_format import (
@@ -394,11 +396,13 @@ def test_cutting_sequences_into_segments_never_changes_the_output(tmp_path, caps
 
 
 def test_shard_size_suffixes():
-    assert pack.parse_size("1G") == 1 << 30 and pack.parse_size("500M") == 500 << 20
-    assert pack.parse_size("64k") == 64 << 10 and pack.parse_size("1.5GiB") == 3 << 29
-    assert pack.parse_size("123") == 123
-    with pytest.raises(Exception, match="not a size"):
-        pack.parse_size("lots")
+    assert byte_size("1G") == 1 << 30 and byte_size("500M") == 500 << 20
+    assert byte_size("64k") == 64 << 10 and byte_size("1.5GiB") == 3 << 29
+    assert byte_size("123") == 123
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size"):
+        byte_size("lots")
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1 byte"):
+        byte_size("0")
 
 
 # -- bad input: one line, exit 2, nothing overwritten ------------------------------------------------

@@ -126,7 +126,7 @@ def test_real_lr_pairs_give_the_same_numbers_as_bi(weights, gt_root, tmp_path, c
 def test_packed_set_matches_frame_folders_and_training_validation(weights, gt_root, tmp_path, capsys):
     from vsrpp_dist.data.pack_command import main as pack
     from vsrpp_dist.data.validation_set import ValidationSet
-    from vsrpp_dist.inference.common import load_model
+    from vsrpp_dist.inference.loading import load_model
     from vsrpp_dist.training.validation import Validator
 
     assert pack(["--val", str(gt_root), str(tmp_path / "val")]) == 0

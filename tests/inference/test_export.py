@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vsrpp_dist.inference import export
-from vsrpp_dist.inference.common import load_model
+from vsrpp_dist.inference.loading import load_model
 from vsrpp_dist.weights import read_weights
 from vsrpp_dist.weights import save_weights as write_weights_file
 

@@ -17,19 +17,15 @@ from PIL import Image
 
 from vsrpp_dist.config import ModelConfig, config_to_dict
 from vsrpp_dist.inference import upscale
-from vsrpp_dist.inference.common import (
-    ClipUpscaler,
-    load_model,
-    receptive_radius,
-    sliding_windows,
-    tile_spans,
-    time_cudnn_algorithms_per_shape,
-    to_uint8,
-)
+from vsrpp_dist.data.windows import sliding_windows, window_indices
+from vsrpp_dist.inference.clip_upscaler import ClipUpscaler, to_uint8
+from vsrpp_dist.inference.device import time_cudnn_algorithms_per_shape
+from vsrpp_dist.inference.loading import load_model
+from vsrpp_dist.inference.tiles import tile_spans
+from vsrpp_dist.model.receptive_field import receptive_radius
 from vsrpp_dist.model.architecture import build_model
 from vsrpp_dist.training.checkpoint import point_symlink
 from vsrpp_dist.weights import WEIGHTS_FILE
-from vsrpp_dist.training.validation import window_indices
 
 from ..helpers import ROOT, TINY_MODEL, read_pngs, run, save_weights
 

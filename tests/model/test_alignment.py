@@ -11,16 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vsrpp_dist.config import ConfigError, ModelConfig, load_config
-from vsrpp_dist.inference.common import (
-    ClipUpscaler,
-    LoadedModel,
-    load_model,
-    receptive_radius,
-    tile_multiple,
-    tile_spans,
-)
+from vsrpp_dist.config import ALIGNMENTS, ConfigError, ModelConfig, load_config
+from vsrpp_dist.inference.clip_upscaler import ClipUpscaler
+from vsrpp_dist.inference.loading import LoadedModel, alignment_of_weights, load_model, model_config_from_dict
+from vsrpp_dist.inference.tiles import tile_spans
+from vsrpp_dist.model.receptive_field import receptive_radius, tile_multiple
 from vsrpp_dist.model.alignment import (
+    ALIGNMENTS as MODEL_ALIGNMENTS,
     FlowGuidedDeformAlign,
     FlowNet,
     compose_flows,
@@ -181,11 +178,13 @@ def test_photometric_warm_up_recovers_a_known_global_shift():
 
 
 def test_photometric_weight_fades_out_as_a_function_of_the_step():
-    cfg = load_config(None, ["alignment.photometric_weight=0.2", "alignment.photometric_steps=100"]).alignment
+    cfg = load_config(None, ["alignment_training.photometric_weight=0.2",
+                             "alignment_training.photometric_steps=100"]).alignment_training
     assert photometric_weight_at(0, cfg) == pytest.approx(0.2)
     assert photometric_weight_at(50, cfg) == pytest.approx(0.1)
     assert photometric_weight_at(100, cfg) == photometric_weight_at(5000, cfg) == 0.0
-    assert photometric_weight_at(0, load_config(None, ["alignment.photometric_steps=0"]).alignment) == 0.0
+    no_warm_up = load_config(None, ["alignment_training.photometric_steps=0"]).alignment_training
+    assert photometric_weight_at(0, no_warm_up) == 0.0
 
 
 # -- size, FLOPs, configuration ------------------------------------------------------------------------
@@ -250,8 +249,33 @@ def test_alignment_settings_are_validated():
         load_config(None, ["model.alignment=optical"])
     with pytest.raises(ConfigError, match="model.deform_groups: 3 does not divide model.channels 128"):
         load_config(None, ["model.alignment=flow_deform", "model.deform_groups=3"])
-    with pytest.raises(ConfigError, match="alignment.lr_factor"):
-        load_config(None, ["alignment.lr_factor=-1"])
+    with pytest.raises(ConfigError, match="alignment_training.lr_factor"):
+        load_config(None, ["alignment_training.lr_factor=-1"])
+
+
+def test_the_alignment_is_data_with_one_list():
+    """The config's list is the one the program asks (choices, keys, properties); the model, which imports
+    only torch, guards the same names; a variant's properties decide what is built."""
+    assert tuple(ALIGNMENTS) == MODEL_ALIGNMENTS
+    kinds = {name: (ModelConfig(alignment=name).explicit_alignment, ModelConfig(alignment=name).deformable_alignment)
+             for name in ALIGNMENTS}
+    assert kinds == {"implicit": (False, False), "flow": (True, False), "flow_deform": (True, True)}
+    with pytest.raises(ConfigError, match="alignment: 'optical' is not one of implicit, flow, flow_deform"):
+        ModelConfig(alignment="optical")
+    for name in ALIGNMENTS:
+        model = build_model(small_model_cfg(name))
+        assert hasattr(model, "flow_net") == ModelConfig(alignment=name).explicit_alignment
+        assert alignment_of_weights(model.state_dict()) == name
+
+
+def test_a_model_config_is_built_from_a_dict_and_checked_as_on_load():
+    built = model_config_from_dict({"channels": 16, "alignment": "flow", "max_flow": 8}, "ckpt")
+    assert built == load_config(None, ["model.channels=16", "model.alignment=flow", "model.max_flow=8"]).model
+    assert model_config_from_dict({"channels": 16}, "old").alignment == "implicit"  # predates the key
+    with pytest.raises(CheckpointError, match="model.deform_groups: 3 does not divide model.channels 16"):
+        model_config_from_dict({"channels": 16, "alignment": "flow_deform", "deform_groups": 3}, "ckpt")
+    with pytest.raises(CheckpointError, match="model.colour: unknown key"):
+        model_config_from_dict({"colour": "blue"}, "ckpt")
 
 
 def test_flow_and_offset_parameters_form_their_own_group():
@@ -376,8 +400,8 @@ def test_receptive_radius_bounds_the_gradient_support_with_flow(alignment):
 def test_training_logs_the_alignment_and_warns_when_offsets_explode(train_shards, val_shards, tmp_path):
     run_dir = tmp_path / "run"
     trainer, code = train(make_config(run_dir, train_shards, val_shards, *SMALL_ALIGNED, "train.total_steps=4",
-                                      "validation.every=0", "train.log_every=1", "alignment.lr_factor=0.5",
-                                      "alignment.offset_warn_px=0.0"))
+                                      "validation.every=0", "train.log_every=1", "alignment_training.lr_factor=0.5",
+                                      "alignment_training.offset_warn_px=0.0"))
     assert code == 0
     groups = trainer.optimizer.param_groups
     slow = {id(p) for p in alignment_parameters(trainer.accelerator.unwrap_model(trainer.model))}
@@ -392,12 +416,12 @@ def test_training_logs_the_alignment_and_warns_when_offsets_explode(train_shards
         assert sorted(values) == [1, 2, 3, 4] and all(math.isfinite(v) for v in values.values()), tag
     assert read_scalars(run_dir, "Activity/Flow_Magnitude")[4] > 0  # the flow moved away from zero
     log = (run_dir / "training.log").read_text()
-    assert log.count("alignment.offset_warn_px=0") == 1  # warned once while it stays above
+    assert log.count("alignment_training.offset_warn_px=0") == 1  # warned once while it stays above
 
 
 def test_lr_factor_zero_freezes_the_alignment_without_touching_requires_grad(train_shards, val_shards, tmp_path):
     trainer, code = train(make_config(tmp_path / "run", train_shards, val_shards, *SMALL_ALIGNED,
-                                      "train.total_steps=3", "validation.every=0", "alignment.lr_factor=0"))
+                                      "train.total_steps=3", "validation.every=0", "alignment_training.lr_factor=0"))
     assert code == 0
     torch.manual_seed(0)
     initial = build_model(trainer.cfg.model).state_dict()
@@ -411,8 +435,8 @@ def test_resume_is_exact_with_the_alignment_group_and_warm_up(train_shards, val_
     """Stopped by SIGTERM at step 3 of 6 while the photometric warm-up is still fading, then resumed:
     every step's losses and the final weights equal an uninterrupted run's."""
     settings = (*SMALL_ALIGNED, "train.total_steps=6", "validation.every=0", "train.log_every=1",
-                "alignment.photometric_steps=5", "alignment.lr_factor=2", "checkpoint.rolling_every=0",
-                "checkpoint.regular_every=0")
+                "alignment_training.photometric_steps=5", "alignment_training.lr_factor=2",
+                "checkpoint.rolling_every=0", "checkpoint.regular_every=0")
     straight, code = train(make_config(tmp_path / "straight", train_shards, val_shards, *settings))
     assert code == 0
 

@@ -15,7 +15,7 @@ import torch
 
 from vsrpp_dist.config import ConfigError
 from vsrpp_dist.errors import CheckpointError
-from vsrpp_dist.inference.common import load_model
+from vsrpp_dist.inference.loading import load_model
 from vsrpp_dist.model.architecture import module_group
 from vsrpp_dist.training.run_dir import StartRequest
 from vsrpp_dist.training.state_files import read_tree

@@ -19,7 +19,7 @@ from vsrpp_dist.errors import TrainingError
 from vsrpp_dist.model.architecture import build_model
 from vsrpp_dist.training.checkpoint import CheckpointError, list_complete
 from vsrpp_dist.weights import read_weights
-from vsrpp_dist.training.recovery import lost_a_rank, peer_gone_reason
+from vsrpp_dist.training.recovery import peer_gone_reason, says_peer_gone
 from vsrpp_dist.training.run_dir import StartError, StartRequest, decide_start
 from vsrpp_dist.training.trainer import Trainer
 
@@ -388,12 +388,12 @@ def test_gradients_reach_the_optimizer_clipped_to_the_adaptive_threshold(train_s
 def test_a_vanished_peer_is_told_apart_from_a_bug():
     """What gloo and NCCL raise when the other end of a collective is gone ends a rank with one line
     (RankLostError); any other error keeps its traceback."""
-    assert lost_a_rank(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "
+    assert says_peer_gone(RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by "
                                     "peer [127.0.0.1]:41207"))
-    assert lost_a_rank(RuntimeError("[gloo/transport/tcp/pair.cc:598] Connection reset by peer"))
-    assert lost_a_rank(torch.distributed.DistNetworkError("Broken pipe"))
-    assert not lost_a_rank(RuntimeError("The size of tensor a (4) must match the size of tensor b (5)"))
-    assert not lost_a_rank(ValueError("Connection closed by peer"))  # not a collective's error
+    assert says_peer_gone(RuntimeError("[gloo/transport/tcp/pair.cc:598] Connection reset by peer"))
+    assert says_peer_gone(torch.distributed.DistNetworkError("Broken pipe"))
+    assert not says_peer_gone(RuntimeError("The size of tensor a (4) must match the size of tensor b (5)"))
+    assert not says_peer_gone(ValueError("Connection closed by peer"))  # not a collective's error
     gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer "
                         "[127.0.0.1]:41207\nRank 0 is most likely dead; see its output before reporting an error.")
     assert peer_gone_reason(gloo) == "Connection closed by peer"  # the one line names the cause, not a path

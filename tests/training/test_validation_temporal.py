@@ -12,7 +12,7 @@ import torch
 from vsrpp_dist.config import ValidationConfig
 from vsrpp_dist.data.validation_set import ValidationSet
 from vsrpp_dist.inference import evaluate
-from vsrpp_dist.inference.common import load_model
+from vsrpp_dist.inference.loading import load_model
 from vsrpp_dist.training.validation import Validator, contiguous_share
 
 from ..helpers import OneProcess, Quiet, run, save_weights

@@ -15,7 +15,8 @@ decoding, mixed frame sizes, LR of the wrong size) are skipped whole and listed 
 the manifest's "skipped".
 
 Exit codes: 0 packed; 2 unusable invocation or input (nothing written); 1 a write failed or a worker
-died (only .partial files left); 130 Ctrl-C, 143 SIGTERM (only .partial files left).
+died (only .partial files left); 130 Ctrl-C, 143 SIGTERM (only .partial files left). The first three
+through cli.run_cli (a UserError, a RunFailure), the signals through signals.StopSignals and errors.Stopped.
 """
 
 from __future__ import annotations
@@ -23,11 +24,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import re
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -38,10 +37,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..cli import OneLineParser, int_at_least
-from ..errors import PackError
+from ..cli import OneLineParser, byte_size, int_at_least, run_cli
+from ..errors import PackError, RunFailure, Stopped
 from ..files import usable_cores
-from .locations import Location, LocationError, RemoteReadError
+from ..signals import StopSignals
+from .locations import Location, RemoteReadError
 from .packer import (
     MIN_FRAMES,
     PackOptions,
@@ -63,14 +63,11 @@ from .shard_format import (
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
     SCALE,
-    ShardFormatError,
     read_manifest,
 )
-from .sources import Sequence, SequenceError, Source, SourceError, count_frames, cut_short_warning, scan_source
+from .sources import Sequence, SequenceError, Source, count_frames, cut_short_warning, scan_source
 
 PROG = "python -m vsrpp_dist.pack"
-EXIT_USAGE = 2  # unusable invocation or input: nothing was written
-EXIT_WRITE_FAILED = 1  # an OSError while writing: only .partial files were left
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
@@ -78,18 +75,6 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 # -- command line ------------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> int:
-    """'1G', '500M', '64k', '1.5GiB', '1000000' -> bytes (K/M/G/T are powers of 1024)."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (examples: 500M, 1G, 2000000)")
-    value = float(match.group(1)) * 1024 ** " kmgt".index((match.group(2) or " ").lower())
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: a shard needs at least 1 byte")
-    return int(value)
-
 
 
 def default_workers() -> int:
@@ -133,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-tile", type=int_at_least(SCALE), default=None, metavar="PX",
                         help="smallest tile side in GT pixels; frames are cut into as many tiles of at "
                              f"least this size as fit (default: {PackOptions.min_tile})")
-    parser.add_argument("--shard-size", type=parse_size, default=parse_size("1G"), metavar="SIZE",
+    parser.add_argument("--shard-size", type=byte_size, default=byte_size("1G"), metavar="SIZE",
                         help="bytes per shard, e.g. 500M, 1G (K/M/G = powers of 1024; default: 1G); "
                              "a shard exceeds it only when one sample alone is larger")
     parser.add_argument("--workers", type=int_at_least(1), default=default_workers(), metavar="N",
@@ -153,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class Candidate:
+class SequenceToPack:
     source_index: int
     seq: Sequence
     name: str
@@ -163,7 +148,7 @@ class Candidate:
 @dataclass
 class Plan:
     sources: list[Source]
-    candidates: list[Candidate]
+    candidates: list[SequenceToPack]
     skipped: list[dict]
 
 
@@ -178,7 +163,7 @@ def plan_pack(srcs: list[str], lr_srcs: list[str], split: str, vimeo_list: str) 
     # the LR side is matched by position, so it is scanned whole (a Vimeo list selects on the GT side)
     lr_sources = [scan_source(src, split, "all") for src in lr_srcs]
     skipped = [entry for source in sources for entry in source.skipped]
-    candidates: list[Candidate] = []
+    candidates: list[SequenceToPack] = []
     seen_paths: dict[str, str] = {}
     taken_names: set[str] = set()
     for source_index, source in enumerate(sources):
@@ -204,7 +189,7 @@ def plan_pack(srcs: list[str], lr_srcs: list[str], split: str, vimeo_list: str) 
                     continue
             name = _unique_name(seq.name, Path(source.path).name, taken_names)
             seen_paths[real] = name
-            candidates.append(Candidate(source_index, seq, name, lr))
+            candidates.append(SequenceToPack(source_index, seq, name, lr))
     return Plan(sources, candidates, skipped)
 
 
@@ -440,8 +425,8 @@ def build_manifest(plan: Plan, lr_srcs: list[str], options: PackOptions, sequenc
     }
 
 
-def _by_sequence(candidates: list[Candidate], tasks: list[SegmentTask],
-                 reports: Iterator[SegmentReport]) -> Iterator[tuple[Candidate, list[SegmentReport]]]:
+def _by_sequence(candidates: list[SequenceToPack], tasks: list[SegmentTask],
+                 reports: Iterator[SegmentReport]) -> Iterator[tuple[SequenceToPack, list[SegmentReport]]]:
     """Group the in-order segment reports into whole sequences."""
     group: list[SegmentReport] = []
     for position, report in enumerate(reports):
@@ -467,7 +452,7 @@ def _progress_bar(**kwargs):
     return Bar(**kwargs)
 
 
-def _sequence_entry(index: int, candidate: Candidate, result: SequenceResult) -> dict:
+def _sequence_entry(index: int, candidate: SequenceToPack, result: SequenceResult) -> dict:
     layout = result.layout
     entry = {"index": index, "name": candidate.name, "source": os.path.abspath(candidate.seq.path),
              "kind": candidate.seq.kind, "num_frames": result.num_frames,
@@ -524,26 +509,19 @@ def _human_bytes(count: int) -> str:
     return f"{count} B"
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (cluster pre-emption, `kill`): handled like Ctrl-C, reported with its own exit code."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated
-
-
 def main(argv: list[str] | None = None) -> int:
+    """User errors are one line and exit code 2, a failed write 1, Ctrl-C 130 and SIGTERM 143 (cli.run_cli)."""
+    return run_cli(_pack_or_verify, argv, prog=PROG)
+
+
+def _pack_or_verify(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verify" in argv:
         args = build_verify_parser().parse_args(argv)
         return verify(args.verify, quiet=args.quiet)
     args = build_parser().parse_intermixed_args(argv)  # options may sit between SRC and OUT
     srcs = args.srcs
-    try:
-        destination = Location(args.out)
-    except LocationError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    destination = Location(args.out)
     out = destination.path if destination.is_local else destination.display()
     remote = destination.kind == "object"
     left = (f"shards uploaded so far stay in {out} without a manifest (not a usable dataset); remove them"
@@ -554,33 +532,24 @@ def main(argv: list[str] | None = None) -> int:
     given = {"frames_per_sample": args.frames_per_sample, "min_tile": args.min_tile}
     options = PackOptions(split="val" if args.val else "train", codec=args.codec, shard_size=args.shard_size,
                           **{key: value for key, value in given.items() if value is not None})
-    # a cluster's SIGTERM ends the pack like Ctrl-C: workers stopped, only .partial files left
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Ctrl-C and a cluster's SIGTERM stop the pack at once: workers stopped, only .partial files left
+    stop = StopSignals(at_once=True)
     try:
         manifest = pack(srcs, destination, args.lr, options, args.workers, args.vimeo_list, args.quiet)
-    except (PackError, SourceError, LocationError) as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt as err:
-        what = "terminated" if isinstance(err, Terminated) else "interrupted"
-        print(f"{PROG}: {what}; nothing complete was written to {out} ({left} before packing into it again)",
-              file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(err, Terminated) else EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        code = stop.exit_code or EXIT_INTERRUPTED  # raised without a signal (a library's): as Ctrl-C
+        what = "terminated" if code == EXIT_TERMINATED else "interrupted"
+        raise Stopped(f"{what}; nothing complete was written to {out} ({left} before packing into it again)",
+                      code) from None
     except BrokenProcessPool:
-        print(f"{PROG}: error: a worker process died (killed, or out of memory?); nothing complete was "
-              f"written ({left}, and pack again, perhaps with fewer --workers)", file=sys.stderr)
-        return EXIT_WRITE_FAILED
+        raise RunFailure("a worker process died (killed, or out of memory?); nothing complete was "
+                         f"written ({left}, and pack again, perhaps with fewer --workers)") from None
     except OSError as err:
         where = f" {err.filename}" if err.filename else ""
         what = str(err) if remote else f"writing failed{where}: {err.strerror or err}"
-        print(f"{PROG}: error: {what}; nothing complete was written ({left}, fix the cause, and pack again)",
-              file=sys.stderr)
-        return EXIT_WRITE_FAILED
+        raise RunFailure(f"{what}; nothing complete was written ({left}, fix the cause, and pack again)") from None
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        stop.restore()
     print("\n".join(summary_lines(manifest, out)))
     return 0
 
@@ -599,12 +568,8 @@ def build_verify_parser() -> argparse.ArgumentParser:
 
 def verify(where: str, quiet: bool = False) -> int:
     """0: every shard matches its manifest entry; 1: some do not (one line each); 2: no usable manifest."""
-    try:
-        location = Location(where)
-        manifest = read_manifest(location)
-    except ShardFormatError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+    location = Location(where)
+    manifest = read_manifest(location)  # no usable manifest: a ShardFormatError, exit code 2
     shards = manifest["shards"]
     problems = []
     with _progress_bar(total=sum(int(s.get("bytes", 0)) for s in shards), unit="B", unit_scale=True,

@@ -17,7 +17,7 @@ import torch
 
 from ..metrics import mean_of_sequence_means
 from ..temporal_metrics import GroundTruthTrack, TemporalTrack
-from .common import InferenceError
+from ..errors import InferenceError
 
 FRAME_METRICS = ("y_psnr", "y_ssim", "rgb_psnr", "rgb_ssim")  # the order validation.score returns them in
 PAIR_METRICS = ("tof", "tde")

@@ -39,36 +39,21 @@ from pathlib import Path
 
 import torch
 
-from ..cli import OneLineParser, int_at_least, run_cli
-from ..config import SCALE, load_config
+from ..cli import OneLineParser, int_at_least, note, run_cli
+from ..config import SCALE, DegradationConfig, build
 from ..data import shard_format as fmt
 from ..data.degradation import build_degradation, degrade_sequence
 from ..data.locations import Location
 from ..data.sources import Sequence, scan_source
 from ..data.validation_set import ValidationSet
+from ..data.windows import sliding_windows
+from ..errors import InferenceError
 from ..files import atomic_write_text
 from ..imresize import downscale, upscale
 from ..temporal_metrics import PROTOCOL as TEMPORAL_PROTOCOL
 from ..training.validation import score
-from .common import (
-    BackgroundWriter,
-    ClipUpscaler,
-    InferenceError,
-    LoadedModel,
-    PngFolder,
-    add_inference_arguments,
-    frame_names,
-    frame_size_of_folder,
-    load_model,
-    note,
-    numbered_frame_name,
-    read_frames_chw,
-    resolve_device,
-    reuse_freed_memory,
-    sliding_windows,
-    time_cudnn_algorithms_per_shape,
-    to_uint8,
-)
+from .arguments import add_inference_arguments
+from .clip_upscaler import ClipUpscaler, to_uint8
 from .comparison import (
     BICUBIC,
     SequenceScores,
@@ -80,7 +65,11 @@ from .comparison import (
     stream_keys,
     summarise,
 )
+from .device import resolve_device, reuse_freed_memory, time_cudnn_algorithms_per_shape
+from .loading import LoadedModel, load_model
+from .readers import frame_size_of_folder, read_frames_chw
 from .report import ReportCollector, check_report_folder, write_report
+from .writers import BackgroundWriter, PngFolder, frame_names, numbered_frame_name
 
 PROG = "python -m vsrpp_dist.evaluate"
 SSIM_WINDOW = 11
@@ -429,7 +418,7 @@ def main(argv=None) -> int:
     if args.degradation == "realistic":
         if args.lr:
             raise InferenceError("--lr and --degradation realistic exclude each other: real LR is not degraded again")
-        degradation = build_degradation(load_config(None, ["degradation.kind=realistic"]).degradation)
+        degradation = build_degradation(build(DegradationConfig, {"kind": "realistic"}, "degradation."))
     device = resolve_device(args.device)
     data = data_location(args.data)
     if not data.is_local:  # a packed validation set in a bucket, behind HTTP or a pipe: command

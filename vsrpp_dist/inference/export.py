@@ -33,7 +33,8 @@ from torch import nn
 
 from ..cli import OneLineParser, int_at_least, run_cli
 from ..errors import InferenceError
-from .common import add_checkpoint_argument, load_model
+from .arguments import add_checkpoint_argument
+from .loading import load_model
 
 PROG = "python -m vsrpp_dist.export"
 DEFAULT_OPSET = 18  # torch.onnx's own; grid_sample needs >= 16
@@ -78,7 +79,8 @@ def _absent(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def example_frame_size(text: str) -> tuple[int, int]:
+    """--size WxH, the LR frame size the graph is traced with, as (H, W)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -156,7 +158,7 @@ def main(argv=None) -> int:
     if out.exists() and not args.overwrite:
         raise InferenceError(f"--onnx {out}: exists; choose another name or pass --overwrite")
     require_export_tools()
-    h, w = parse_size(args.size)
+    h, w = example_frame_size(args.size)
     loaded = load_model(args.checkpoint, torch.device("cpu"))
     print(loaded.describe(), file=sys.stderr)
     module = ClampedUpscaler(loaded.model).eval()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_write_text
-from .common import InferenceError
+from ..errors import InferenceError
 from .comparison import ALL_METRICS, BICUBIC, HEADINGS, LOWER_IS_BETTER, SequenceScores, best_label
 
 GT = "GT"

@@ -41,45 +41,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import OneLineParser, run_cli
+from ..cli import OneLineParser, frame_rate, note, run_cli
 from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, cut_short_warning, scan_source
-from .common import (
-    BackgroundWriter,
-    ClipUpscaler,
-    InferenceError,
-    PngFolder,
-    add_checkpoint_argument,
-    add_inference_arguments,
-    frame_names,
-    frame_size_of_folder,
-    load_model,
-    note,
-    read_frames_chw,
-    resolve_device,
-    reuse_freed_memory,
-    sliding_windows,
-    time_cudnn_algorithms_per_shape,
-    to_uint8,
-)
-from .media import AudioCopy, Colour, SourceMedia, probe
+from ..data.windows import sliding_windows
+from ..errors import InferenceError
+from .arguments import add_checkpoint_argument, add_inference_arguments
+from .clip_upscaler import ClipUpscaler, to_uint8
+from .device import resolve_device, reuse_freed_memory, time_cudnn_algorithms_per_shape
+from .loading import load_model
+from .media import SourceMedia, probe
+from .readers import frame_size_of_folder, read_frames_chw
 from .side_by_side import LAYOUTS, compare_batch
+from .writers import VIDEO_FORMATS, BackgroundWriter, PngFolder, VideoFile, frame_names
 
 PROG = "python -m vsrpp_dist.upscale"
-# suffix -> (container format, codec)
-VIDEO_FORMATS = {".mp4": ("mp4", "libx264"), ".mkv": ("matroska", "libx264"), ".mov": ("mov", "libx264"),
-                 ".avi": ("avi", "libx264"), ".webm": ("webm", "libvpx-vp9")}
 DEFAULT_CRF = 16
 DEFAULT_FPS = Fraction(25)
-
-
-def parse_fps(text: str) -> Fraction:
-    try:
-        fps = Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a frame rate (examples: 25, 29.97, 30000/1001)") from None
-    if fps <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the frame rate must be positive")
-    return fps.limit_denominator(1_000_000)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf", type=int, default=DEFAULT_CRF, metavar="Q",
                         help=f"video quality, lower is better and larger (default {DEFAULT_CRF}; 0 is lossless "
                              "with libx264)")
-    parser.add_argument("--fps", type=parse_fps, default=None, metavar="R",
+    parser.add_argument("--fps", type=frame_rate, default=None, metavar="R",
                         help="frame rate of a video output (default: the source video's; 25 for frame folders)")
     parser.add_argument("--no-audio", action="store_true",
                         help="leave the source video's audio out (by default every audio stream is copied "
@@ -179,108 +156,6 @@ def source_media(seq: Sequence, fps_given: bool, audio: bool) -> SourceMedia | N
         note(f"{seq.path}: repeated video timestamps; the output runs at the average frame rate")
         media.timestamps = []
     return media
-
-
-# -- output ------------------------------------------------------------------------------------------
-
-
-class VideoFile:
-    """Encodes frames in order into OUT's temporary twin, with the source's timestamps, rotation, colour
-    tags and audio where there is a source video (`media`); `close` renames it to OUT."""
-
-    after_failure = "the incomplete video was removed, nothing is left under that name"
-
-    def __init__(self, path: Path, fps: Fraction, crf: int, media: SourceMedia | None = None,
-                 audio: bool = True) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-        self.fps = fps
-        self.crf = crf
-        self.media = media
-        self.colour = media.colour if media else Colour()
-        self.audio_wanted = audio and media is not None and media.audio_streams > 0
-        self.container = None
-        self.stream = None
-        self.audio: AudioCopy | None = None
-        self.written = 0
-
-    def _open(self, height: int, width: int) -> None:
-        import av
-
-        fmt, codec = VIDEO_FORMATS[self.path.suffix.lower()]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(self.tmp), mode="w", format=fmt)
-        stream = self.container.add_stream(codec, rate=self.fps)
-        stream.height, stream.width = height, width
-        even = height % 2 == 0 and width % 2 == 0
-        stream.pix_fmt = "yuv420p" if even else "yuv444p"
-        options = {"crf": str(self.crf)}
-        options.update({"preset": "medium"} if codec == "libx264" else {"b": "0"})  # VP9: constant quality
-        stream.options = options
-        ctx = stream.codec_context
-        ctx.color_primaries, ctx.color_trc, ctx.colorspace = self.colour.primaries, self.colour.transfer, \
-            self.colour.matrix
-        ctx.color_range = 1  # limited ("TV") range: what swscale's YUV output is
-        keep_timestamps = self.media is not None and self.media.timestamps and self.media.time_base
-        self.time_base = self.media.time_base if keep_timestamps else 1 / self.fps
-        stream.time_base = ctx.time_base = self.time_base
-        if self.media is not None and self.media.rotation:
-            stream.set_display_rotation(self.media.rotation)
-        if self.audio_wanted:
-            self.audio = AudioCopy(self.media.path, self.container)  # streams added before the header
-        self.stream = stream
-        if not even:
-            print(f"note: {width}x{height} is odd-sized; encoding with 4:4:4 chroma (4:2:0 needs even sizes; "
-                  "some players do not play 4:4:4 H.264)", file=sys.stderr)
-
-    def _pts(self, index: int) -> int:
-        """Frame `index`'s timestamp in the stream's time base: the source's (past its last one, and
-        without a source, at the constant rate)."""
-        tb = self.time_base
-        stamps = self.media.timestamps if self.media is not None else []
-        if index < len(stamps):
-            return stamps[index]
-        last, frame = (stamps[-1], len(stamps) - 1) if stamps else (0, 0)
-        return last + round((index - frame) / (self.fps * tb))
-
-    def write(self, index: int, frame_hwc: np.ndarray) -> None:
-        import av
-
-        if self.container is None:
-            self._open(*frame_hwc.shape[:2])
-        # converted with the matrix the stream is tagged with (PyAV's own conversion would use BT.601)
-        frame = av.VideoFrame.from_ndarray(frame_hwc, format="rgb24").reformat(
-            format=self.stream.pix_fmt, dst_colorspace=self.colour.reformatter_matrix)
-        frame.pts = self._pts(index)
-        frame.time_base = self.time_base
-        self.container.mux(self.stream.encode(frame))
-        self.written = index + 1
-        if self.audio is not None:
-            self.audio.until(float(frame.pts * frame.time_base))
-
-    def close(self) -> None:
-        if self.container is None:
-            return
-        self.container.mux(self.stream.encode())  # flush the encoder's delayed frames
-        if self.audio is not None:
-            # to the end, or to where the video stops (--limit)
-            cut = self.media.timestamp(self.written)
-            self.audio.until(float(cut * self.media.time_base) if cut is not None else None)
-            self.audio.close()
-        self.container.close()
-        self.container = None
-        os.replace(self.tmp, self.path)  # the commit point: OUT is complete or absent
-
-    def abort(self) -> None:
-        if self.audio is not None:
-            self.audio.close()
-        if self.container is not None:
-            try:
-                self.container.close()
-            except Exception:  # the file is ours and about to be removed; its state does not matter
-                pass
-            self.container = None
-        self.tmp.unlink(missing_ok=True)
 
 
 def plan_output(path: str, overwrite: bool, source: str | None = None) -> str:

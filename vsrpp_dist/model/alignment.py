@@ -15,9 +15,9 @@ a lies in frame b: a(x) ~ b(x + flow_ab(x)), so `warp(b, flow_ab)` looks like a.
 No pretrained weights: the flow network starts at zero flow (its last layers are zero-initialised),
 the deformable offsets start at the flow (zero-initialised residual), and a photometric loss on the LR
 frames (each neighbour warped onto the frame next to it, the outer ones onto the centre) bootstraps the
-flow during the first steps of training (`alignment.photometric_*`). Every flow is clamped to
+flow during the first steps of training (`alignment_training.photometric_*`). Every flow is clamped to
 `max_flow` LR pixels and every residual to `max_residue` (tanh): the receptive field stays bounded, so
-tiled inference stays exact (inference.receptive_radius).
+tiled inference stays exact (model.receptive_field).
 
 Imports only torch and torchvision.ops (deform_conv2d).
 """

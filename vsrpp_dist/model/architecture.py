@@ -144,7 +144,8 @@ class VSRBidirectional_3x(nn.Module):  # noqa: N801 - the name users know the ar
         """The rest of `forward` from what does not depend on which frame is the centre: `feats[i]`, the
         (B, C, h, w) features of frame i (`feature_extractor`), and `flows[(a, b)]`, the flow a -> b for
         every pair in `neighbour_pairs` (`flow_net`; None for `implicit`). Inference computes those once
-        per frame and reuses them across the overlapping windows (inference/common.py)."""
+        per frame and reuses them across the overlapping windows (inference/clip_upscaler.py,
+        inference/frame_cache.py)."""
         t = lq_btchw.shape[1]
         centre = t // 2
         offset_abs_means = []  # per propagation step (None without a deformable alignment), for the report
@@ -242,7 +243,7 @@ def module_group(tensor_name: str) -> str:
 
 def alignment_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The flow network's and the deformable offsets' parameters: they get their own LR multiplier
-    (`alignment.lr_factor`), as BasicVSR++ trains its flow slower than the rest."""
+    (`alignment_training.lr_factor`), as BasicVSR++ trains its flow slower than the rest."""
     return [p for name, p in model.named_parameters() if name.startswith("flow_net.") or ".align.conv_offset." in name]
 
 

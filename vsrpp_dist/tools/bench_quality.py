@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 
 from ..cli import int_at_least
-from ..config import CONFIG_DIR, SCALE
+from ..config import ALIGNMENTS, CONFIG_DIR, SCALE
 from ..errors import BenchError
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"  # what `accelerate launch` runs
-ALL_VARIANTS = ("implicit", "flow", "flow_deform")
+ALL_VARIANTS = tuple(ALIGNMENTS)
 TRAIN_PHOTOS = ("astronaut", "rocket", "immunohistochemistry", "retina", "hubble_deep_field", "colorwheel")
 HELD_OUT_PHOTOS = ("coffee", "chelsea")
 
@@ -202,16 +202,16 @@ def run(args) -> int:
     # (the trainer's own count, start-up excluded) over its steps, alternating between the variants for
     # `--calibrate-rounds` rounds so that a change in machine load hits all of them alike; the median
     # over rounds. An explicitly aligned variant is measured with and without its photometric warm-up
-    # (alignment.photometric_steps) and the step count solves
+    # (alignment_training.photometric_steps) and the step count solves
     # min(N, P) * with_warmup + max(0, N - P) * after = budget. (Tried and dropped: the difference of two
     # runs' wall time, which swung +-30 % over 24 steps; CPU seconds, which OpenMP's spinning threads
     # inflate 2-3x on a loaded machine.)
-    regimes = {"warm-up": [], "after": ["alignment.photometric_steps=0"]}
+    regimes = {"warm-up": [], "after": ["alignment_training.photometric_steps=0"]}
     costs: dict[tuple[str, str], list[float]] = {}
     for round_index in range(args.calibrate_rounds):
         for variant in variants:
             for regime, extra in regimes.items():
-                if variant == "implicit" and regime == "warm-up":
+                if not ALIGNMENTS[variant].explicit and regime == "warm-up":
                     continue  # no alignment, no warm-up
                 label = f"calibrate-{variant}-{regime}-{round_index}"
                 calibrate = work / "runs" / label
@@ -220,19 +220,20 @@ def run(args) -> int:
                                            args.overrides, quiet + extra + ["checkpoint.save_final=false"]),
                              work / f"{label}.log")
                 costs.setdefault((variant, regime), []).append(trained_seconds(calibrate) / args.calibrate_steps)
-    warmup_steps = base.alignment.photometric_steps
+    warmup_steps = base.alignment_training.photometric_steps
     s_per_iter, plan = {}, {}
     for variant in variants:
         after = statistics.median(costs[(variant, "after")])
         during = statistics.median(costs.get((variant, "warm-up"), [after]))
         s_per_iter[variant] = {"warm-up": during, "after": after}
-        if variant != "implicit" and warmup_steps * during >= budget_s:
+        explicit = ALIGNMENTS[variant].explicit
+        if explicit and warmup_steps * during >= budget_s:
             steps = budget_s / during
         else:
-            warm = warmup_steps if variant != "implicit" else 0
+            warm = warmup_steps if explicit else 0
             steps = warm + (budget_s - warm * during) / after
         plan[variant] = max(10, int(steps))
-        say(f"{variant}: {after:.3f} s/iter" + (f" ({during:.3f} during the photometric warm-up)" if variant != "implicit"
+        say(f"{variant}: {after:.3f} s/iter" + (f" ({during:.3f} during the photometric warm-up)" if explicit
                                                  else "") + f" -> {plan[variant]} steps in {args.minutes:g} min")
 
     results = []

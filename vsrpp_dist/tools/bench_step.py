@@ -62,7 +62,7 @@ def bare_loop(cfg, batch_size: int, precision: str, activation_checkpointing: bo
     torch.manual_seed(cfg.run.seed)
     model = build_training_model(cfg.model, device=device, activation_checkpointing=activation_checkpointing,
                                  channels_last=cfg.train.channels_last).train()
-    optimizer, _ = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment.lr_factor,
+    optimizer, _ = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment_training.lr_factor,
                                    device_type=device.type)
     for group in optimizer.param_groups:
         group["lr"] = cfg.optim.lr_peak

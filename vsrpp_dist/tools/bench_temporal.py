@@ -61,7 +61,7 @@ def time_per_frame(gt: list[torch.Tensor], out: list[torch.Tensor]) -> dict[str,
 def time_validation(val: str, checkpoint: str) -> dict[str, float]:
     from ..config import ValidationConfig
     from ..data.validation_set import ValidationSet
-    from ..inference.common import load_model
+    from ..inference.loading import load_model
     from ..training.validation import Validator
 
     class OneProcess:

@@ -18,25 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..cli import int_at_least
+from ..cli import int_at_least, names_from
 from ..config import TRACKERS, load_config
 from .bench_step import _demo_shards, timing_overrides
-
-
-def _tracker_list(text: str) -> list[str]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in TRACKERS or n == "tensorboard"]
-    if unknown:
-        import argparse
-
-        raise argparse.ArgumentTypeError(f"{unknown[0]!r} is not one of {', '.join(TRACKERS[1:])}")
-    return names
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("trackers", help="per-step cost of logging to each experiment tracker, side by side")
     p.add_argument("--config", default="configs/demo.yaml", help="training config (default: configs/demo.yaml)")
-    p.add_argument("--trackers", type=_tracker_list, default=["mlflow", "wandb"],
+    p.add_argument("--trackers", type=names_from(TRACKERS[1:]), default=["mlflow", "wandb"],
                    help="trackers to measure next to TensorBoard alone (default: mlflow,wandb)")
     p.add_argument("--steps", type=int_at_least(1), default=60, help="measured steps per run")
     p.add_argument("--warmup", type=int_at_least(1), default=5, help="unmeasured steps first")

@@ -26,15 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..cli import int_at_least
 from ..config import load_config
 from ..errors import BenchError
-from ..inference.common import (
-    ClipUpscaler,
-    LoadedModel,
-    load_model,
-    resolve_device,
-    reuse_freed_memory,
-    sliding_windows,
-    time_cudnn_algorithms_per_shape,
-)
+from ..data.windows import sliding_windows
+from ..inference.clip_upscaler import ClipUpscaler
+from ..inference.device import resolve_device, reuse_freed_memory, time_cudnn_algorithms_per_shape
+from ..inference.loading import LoadedModel, load_model
 from ..model.architecture import build_model, count_parameters
 from ..training.wrapping import to_channels_last
 
@@ -57,7 +52,8 @@ def add_parser(subparsers) -> None:
     p.set_defaults(run=run)
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def lr_frame_size(text: str) -> tuple[int, int]:
+    """--size WxH, the LR frame size benchmarked, as (H, W)."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
@@ -78,7 +74,7 @@ def stream(upscaler: ClipUpscaler, frames: torch.Tensor, batch: int, cached: boo
 
 def run(args) -> int:
     device = resolve_device(args.device)
-    h, w = parse_size(args.size)
+    h, w = lr_frame_size(args.size)
     reuse_freed_memory()  # as upscale and evaluate do
     time_cudnn_algorithms_per_shape(device)
     if args.config:

@@ -47,7 +47,7 @@ def render(cfg: Config, *, step: int, parameters: int, ema: bool, provenance: li
              f"{m.propagation_blocks} (propagation) / {m.reconstruction_blocks} (reconstruction), "
              f"upsampling channels {m.upsample_channels}",
              f"- alignment: {m.alignment}" + (f" (flow network {m.flow_channels} channels, {m.flow_levels} levels, "
-                                              f"flows up to {m.max_flow:g} LR px)" if m.alignment != "implicit" else ""),
+                                              f"flows up to {m.max_flow:g} LR px)" if m.explicit_alignment else ""),
              "- the full architecture is the `model_config` in the weights file's metadata; "
              "`vsrpp upscale --checkpoint THIS_FOLDER` builds it", "",
              "## Training", "",

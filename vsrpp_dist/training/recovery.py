@@ -17,7 +17,8 @@ from .state import StepResult
 PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
 
 
-def lost_a_rank(err: BaseException) -> bool:
+def says_peer_gone(err: BaseException) -> bool:
+    """Whether `err` is gloo's or NCCL's word that the other end of a collective went away."""
     import torch.distributed as dist
 
     return isinstance(err, getattr(dist, "DistNetworkError", ())) or (
@@ -169,7 +170,7 @@ class Recovery:
         return signals.exit_code or 143
 
     def lost_a_rank(self, err: BaseException) -> bool:
-        return self.accelerator.num_processes > 1 and lost_a_rank(err)
+        return self.accelerator.num_processes > 1 and says_peer_gone(err)
 
     def crashed(self, err: BaseException) -> None:
         """On an uncaught error, rank 0 saves what it holds without waiting for other ranks (they may be

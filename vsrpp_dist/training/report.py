@@ -61,7 +61,7 @@ class Report:
         self.adaptive = adaptive
         self.checkpoints = checkpoints
         self.telemetry = GpuTelemetry(accelerator.device)
-        self.aligns = cfg.model.alignment != "implicit"
+        self.aligns = cfg.model.explicit_alignment
         self._offsets_exploded = False  # the offset warning fires once per crossing of the limit
         self._last_interval: dict[str, float] = {}
         self._telemetry_text = ""
@@ -121,14 +121,15 @@ class Report:
         scalars = {"Loss/Photometric": meter.mean("photometric"),
                    "Training/Photometric_Weight": meter.mean("photometric_weight"),
                    "Activity/Flow_Magnitude": meter.mean("flow_magnitude")}
-        if self.cfg.model.alignment == "flow_deform":
+        if self.cfg.model.deformable_alignment:
             offset_mean = scalars["Activity/Offset_Mean"] = meter.mean("offset_mean")
-            limit = self.cfg.alignment.offset_warn_px
+            limit = self.cfg.alignment_training.offset_warn_px
             exploded = offset_mean > limit
             if exploded and not self._offsets_exploded:
                 self.observer.warn(f"step {self.state.step}: mean deformable offset {offset_mean:.1f} LR px exceeds "
-                                   f"alignment.offset_warn_px={limit:g}: the alignment is diverging; lower "
-                                   "alignment.lr_factor or optim.lr_peak (or resume from an earlier checkpoint)",
+                                   f"alignment_training.offset_warn_px={limit:g}: the alignment is diverging; lower "
+                                   "alignment_training.lr_factor or optim.lr_peak (or resume from an earlier "
+                                   "checkpoint)",
                                    all_ranks=False)
             self._offsets_exploded = exploded
         return scalars

@@ -117,8 +117,9 @@ class Trainer:
                 self.observer.info(f"init: {', '.join(cfg.init.freeze)} fixed (LR factor 0) until step "
                                    f"{cfg.init.freeze_steps}")
         self.activity = BranchActivity(model)
-        self.aligns = cfg.model.alignment != "implicit"
-        optimizer, self.lr_factors = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment.lr_factor,
+        self.aligns = cfg.model.explicit_alignment
+        optimizer, self.lr_factors = build_optimizer(model, cfg.optim,
+                                                     alignment_lr_factor=cfg.alignment_training.lr_factor,
                                                      device_type=acc.device.type, frozen=cfg.init.freeze,
                                                      freeze_steps=cfg.init.freeze_steps)
         model = self._maybe_compile(model)
@@ -238,7 +239,7 @@ class Trainer:
         for group, factor in zip(self.optimizer.param_groups, self.lr_factors.at(self.state.step)):
             group["lr"] = learning_rate * factor
         weights = self.adaptive.weights
-        photometric_weight = photometric_weight_at(self.state.step, self.cfg.alignment) if self.aligns else 0.0
+        photometric_weight = photometric_weight_at(self.state.step, self.cfg.alignment_training) if self.aligns else 0.0
         sums = torch.zeros(len(StepStats.PARTS), device=acc.device)
         data_wait = 0.0
         skipped = [0, 0]  # corrupt samples, bad shards this rank's stream met during this step
@@ -262,7 +263,7 @@ class Trainer:
                     sr_bchw, alignment = model(lq_btchw, with_alignment=True)
                 parts = self.loss_fn(sr_bchw, gt_btchw[:, gt_btchw.shape[1] // 2], weights)
                 objective = parts["total"]
-                if photometric_weight > 0:  # bootstraps the flow from scratch; fades out (alignment.*)
+                if photometric_weight > 0:  # bootstraps the flow from scratch; fades out (alignment_training.*)
                     objective = objective + photometric_weight * alignment["photometric"]
                 acc.backward(objective)
             parts.update(alignment)

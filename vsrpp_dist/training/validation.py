@@ -28,6 +28,7 @@ from torchvision.utils import make_grid
 
 from ..data.degradation import degrade_sequence
 from ..data.validation_set import ValidationSet
+from ..data.windows import window_indices
 from ..errors import ShardFormatError
 from ..imresize import downscale, upscale
 from ..metrics import psnr, ssim
@@ -66,20 +67,6 @@ class SequencePairs:
             return None
         tof = [self.bicubic.tof[-1], self.model.tof[-1]] if self.with_tof else [0.0, 0.0]
         return [self.bicubic.tde[-1], self.model.tde[-1], *tof]
-
-
-def window_indices(centre: int, num_frames: int, length: int = 5) -> list[int]:
-    """Frame indices of the window around `centre`, mirrored at the sequence ends."""
-    half = length // 2
-    out = []
-    for offset in range(-half, half + 1):
-        i = centre + offset
-        if i < 0:
-            i = -i
-        if i >= num_frames:
-            i = 2 * (num_frames - 1) - i
-        out.append(min(max(i, 0), num_frames - 1))
-    return out
 
 
 class FixedDegradedSet:
