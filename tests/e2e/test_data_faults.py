@@ -153,12 +153,17 @@ def test_a_trickling_shard_misses_its_deadline_and_is_skipped(train_shards):
         cfg = data_cfg("data.remote_timeout_s=1", "data.remote_retries=1", "data.num_workers=0")
         loader = build_train_loader(f"{url}/{train_shards.name}", cfg, seed=0, rank=0, world_size=1, batch_size=2)
         started = time.monotonic()
-        with pytest.warns(RuntimeWarning, match=r"slower than 0.25 MB/s on average"):
+        with pytest.warns(RuntimeWarning) as warned:
             batches = list(itertools.islice(loader, 6))
         seconds = time.monotonic() - started
     finally:
         close()
-    # two attempts of ~1.6 s each (1 s + 150 kB at 0.25 MB/s), instead of a byte a second for 40 hours
+    # two attempts of ~1.6 s each (1 s + 150 kB at 0.25 MB/s), instead of a byte a second for 40 hours; on a
+    # loaded machine the server's thread can also starve a single read past the 1 s read timeout: either
+    # way the shard is given up within its deadline
+    messages = [str(w.message) for w in warned]
+    assert any("slower than 0.25 MB/s on average" in m or "timeout" in m.lower() or "timed out" in m.lower()
+               for m in messages), messages
     assert sum(b["skipped"][1] for b in batches) == 1 and seconds < 15
 
 

@@ -33,21 +33,31 @@ def status_step(run_dir: Path) -> int:
     return next((int(line.split()[1]) for line in text.splitlines() if line.startswith("step ")), -1)
 
 
+def run_files(run_dir: Path) -> set[str]:
+    """What the run directory holds, less the running run's own atomic-write temporaries
+    (`.training_status.txt.tmp-PID` exists for a moment at every status rewrite)."""
+    return {p.name for p in run_dir.iterdir() if not (p.name.startswith(".") and ".tmp-" in p.name)}
+
+
 def test_a_running_run_refuses_every_second_start_naming_itself(train_shards, val_shards, tmp_path):
     run_dir = tmp_path / "run"
     common = ["--config", str(TINY), f"run.dir={run_dir}", f"data.train_shards={train_shards}",
               f"data.val_shards={val_shards}", "validation.every=0"]
     # No checkpoint before step 100000: a directory with logs and nothing to resume, as in the issue.
+    # Its output goes to a file, not a pipe nobody reads while it runs: a full pipe would block the run's
+    # own log writes (it logs every 2 steps) and it could then not even take its SIGTERM.
+    first_err = tmp_path / "first.err"
+    first_log = open(first_err, "w")
     first = subprocess.Popen([sys.executable, str(TRAIN_PY), *common, "train.total_steps=100000",
                               "checkpoint.rolling_every=0", "checkpoint.regular_every=0"], env=launcher_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=first_log, text=True, cwd=ROOT,
                              start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while status_step(run_dir) < 1:
-            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()[-3000:]
+            assert first.poll() is None and time.monotonic() < deadline, first_err.read_text()[-3000:]
             time.sleep(0.05)
-        before = {p.name for p in run_dir.iterdir()}
+        before = run_files(run_dir)
         events_before = sorted(p.name for p in (run_dir / "logs").iterdir())
 
         cases = {"no-flag": [], "auto-resume": ["--auto-resume"], "resume": ["--resume"], "fresh": ["--fresh"]}
@@ -77,13 +87,14 @@ def test_a_running_run_refuses_every_second_start_naming_itself(train_shards, va
         assert all(line.startswith(f"train: error: run.dir={run_dir} {holder}") for line in refusals), refusals
 
         assert first.poll() is None, "the running run went on"
-        assert {p.name for p in run_dir.iterdir()} == before and not list(tmp_path.glob("run.bak-*"))
+        assert run_files(run_dir) == before and not list(tmp_path.glob("run.bak-*"))
         assert sorted(p.name for p in (run_dir / "logs").iterdir()) == events_before, "no second event file"
         assert (run_dir / "training.log").read_text().count("vsrpp-dist ") == 1, "no second header in the log"
     finally:
         if first.poll() is None:
             first.send_signal(signal.SIGTERM)  # a pre-emption: emergency checkpoint, then the lock goes
         code = first.wait(timeout=120)
-    assert code == 128 + signal.SIGTERM, first.stderr.read()[-3000:]
+        first_log.close()
+    assert code == 128 + signal.SIGTERM, first_err.read_text()[-3000:]
     lock = RunLock.acquire(run_dir)  # the run is over: its directory is free
     lock.release()
