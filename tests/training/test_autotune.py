@@ -377,7 +377,7 @@ def test_step_probe_turns_an_oom_into_a_misfit(monkeypatch, err):
     def step(*args):
         raise err
 
-    monkeypatch.setattr(at.PlainStep, "__call__", step)  # the training step the probe runs
+    monkeypatch.setattr(at.TrainingStep, "run", step)  # the training step the probe runs
     trial = probe(C(2, nhwc=False))
     assert not trial.fits and at.is_oom_text(trial.error)
     assert len(releases) == 2  # before the trial and after the failure
@@ -389,7 +389,7 @@ def test_step_probe_raises_other_errors(monkeypatch):
     def step(*args):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
-    monkeypatch.setattr(at.PlainStep, "__call__", step)  # the training step the probe runs
+    monkeypatch.setattr(at.TrainingStep, "run", step)  # the training step the probe runs
     with pytest.raises(RuntimeError, match="mat1"):
         probe(C(2, nhwc=False))
 

@@ -27,7 +27,7 @@ from ..config import Config
 from ..data.stream import end_loader_workers, train_loader
 from ..errors import RankLostError, TrainingError
 from ..model.architecture import count_parameters
-from ..model.loss import HybridLoss, photometric_weight_at
+from ..model.loss import photometric_weight_at
 from ..signals import StopSignals, StopWhileWaiting
 from .adaptive import AdaptiveController
 from .autotune import Ranks, autotune
@@ -46,6 +46,7 @@ from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, 
                       will_resume)
 from .trackers import require_installed
 from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
+from .step import TrainingStep
 from .validation import Validator
 from .wrapping import BranchActivity
 
@@ -124,9 +125,8 @@ class Trainer:
                                                      freeze_steps=cfg.init.freeze_steps)
         model = self._maybe_compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.params = list(self.model.parameters())
         acc.gradient_accumulation_steps = self.batches.grad_accum_steps
-        self.loss_fn = HybridLoss()
+        self.training_step = TrainingStep(acc, self.model, self.optimizer)
 
         self.state = TrainState()
         self.schedule = LRSchedule(cfg.optim, cfg.plateau, cfg.guard, cfg.train.total_steps)
@@ -258,21 +258,10 @@ class Trainer:
             data_wait += time.perf_counter() - fetch
             skipped = [a + b for a, b in zip(skipped, batch["skipped"])]
             gt_btchw, lq_btchw = self._to_device(batch)
-            with acc.accumulate(model):
-                with acc.autocast():
-                    sr_bchw, alignment = model(lq_btchw, with_alignment=True)
-                parts = self.loss_fn(sr_bchw, gt_btchw[:, gt_btchw.shape[1] // 2], weights)
-                objective = parts["total"]
-                if photometric_weight > 0:  # bootstraps the flow from scratch; fades out (alignment_training.*)
-                    objective = objective + photometric_weight * alignment["photometric"]
-                acc.backward(objective)
-            parts.update(alignment)
+            parts = self.training_step.micro_batch(gt_btchw, lq_btchw, weights, photometric_weight)
             sums += torch.stack([parts[k].detach().float() for k in StepStats.PARTS])
         # acc.sync_gradients is True here: DDP has averaged the gradients over ranks.
-        if self.accelerator.scaler is not None:
-            acc.unscale_gradients()
-        params = [p for p in self.params if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]).float()
+        params, grad_norm = self.training_step.gradient_norm()
         stop = 1.0 if self.signals and self.signals.requested else 0.0
         # The data counters ride along so that the logged totals cover every rank's stream.
         host_values = torch.tensor([*skipped, stop], device=acc.device)
@@ -287,13 +276,7 @@ class Trainer:
         stats = StepStats(**{f.name: reduced[f.name] / world for f in dataclasses.fields(StepStats)
                              if f.name in reduced}, photometric_weight=photometric_weight)
         finite = math.isfinite(stats.total) and math.isfinite(stats.grad_norm)
-        if finite or self.accelerator.scaler is not None:
-            # With fp16 the scaler itself skips steps with inf/nan gradients and lowers its scale.
-            # The norm is on the host already: below the threshold clipping would multiply by 1.
-            if not (finite and stats.grad_norm <= self.adaptive.clip_threshold):
-                torch.nn.utils.clip_grads_with_norm_(params, self.adaptive.clip_threshold, grad_norm)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.training_step.update(params, grad_norm, stats.grad_norm, self.adaptive.clip_threshold, finite)
         if finite:
             self.state.nonfinite_in_row = 0
             if self.ema.enabled:
