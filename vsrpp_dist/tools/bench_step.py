@@ -34,7 +34,8 @@ from ..model.architecture import build_model, conv_flops_per_clip
 from ..model.loss import LossWeights
 from ..training.autotune import first_photometric_weight
 from ..training.builder import build_optimizer, build_training_model
-from ..training.runtime import cpu_threads, local_cuda_device, plan_batches, plan_device, profile_settings
+from ..training.runtime import cpu_threads, local_cuda_device, plan_device
+from ..training.shape import RunShape, configured_shape
 from ..training.step import SingleProcess, TrainingStep
 
 
@@ -59,18 +60,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_loop(cfg, batch_size: int, precision: str, activation_checkpointing: bool, device: torch.device,
-              steps: int, warmup: int) -> dict:
-    """The trainer's step (its accumulation over micro-batches of `batch_size`, clipping, optimizer step)
-    in one process on one batch on the device; nothing else. Figures per optimizer step."""
+def bare_loop(cfg, shape: RunShape, precision: str, device: torch.device, steps: int, warmup: int) -> dict:
+    """The trainer's step in `shape` (its accumulation over micro-batches, clipping, optimizer step) in
+    one process on one batch on the device; nothing else. Figures per optimizer step."""
     torch.manual_seed(cfg.run.seed)
-    model = build_training_model(cfg.model, device=device, activation_checkpointing=activation_checkpointing,
-                                 channels_last=cfg.train.channels_last).train()
+    model = build_training_model(cfg.model, device=device, activation_checkpointing=shape.activation_checkpointing,
+                                 channels_last=shape.channels_last).train()
     optimizer, _ = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment_training.lr_factor,
                                    device_type=device.type)
     for group in optimizer.param_groups:
         group["lr"] = cfg.optim.lr_peak
-    accumulation = plan_batches(cfg.train.global_batch_size, batch_size, 1).grad_accum_steps
+    batch_size, accumulation = shape.batches.batch_size_per_gpu, shape.batches.grad_accum_steps
     runner = SingleProcess(precision, device.type, accumulation)
     step = TrainingStep(runner, model, runner.scaled(optimizer))
     weights = LossWeights(cfg.loss.l1_weight, cfg.loss.ms_weight, cfg.loss.grad_weight)
@@ -125,8 +125,7 @@ def trainer_loop(cfg, steps: int, warmup: int) -> dict:
             "batch_size_per_gpu": plan.batch_size_per_gpu, "grad_accum_steps": plan.grad_accum_steps,
             "global_batch": plan.global_batch_size,
             "world_size": plan.world_size, "precision": trainer.device_plan.mixed_precision,
-            "activation_checkpointing": trainer.cfg.train.activation_checkpointing
-            or trainer.device_plan.profile == "6gb",
+            "activation_checkpointing": trainer.shape.activation_checkpointing,
             "peak_gb": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None,
             "device": str(device), "is_main": trainer.accelerator.is_main_process}
 
@@ -176,7 +175,7 @@ def run(args) -> int:
                                          f"run.dir={tmp}/run"])
         world = int(os.environ.get("WORLD_SIZE", "1"))
         plan = plan_device(cfg.train, world)
-        batch_size, checkpointing = profile_settings(cfg, plan)
+        shape = configured_shape(cfg, plan, 1)  # the bare loop's; auto-tune is off (timing_overrides)
         device = local_cuda_device() or torch.device("cpu")
         if plan.device_type == "cpu" and (threads := cpu_threads()) is not None:
             torch.set_num_threads(threads)  # as the trainer does, so both loops get the same cores
@@ -188,7 +187,7 @@ def run(args) -> int:
         figures["forward_gflop_per_clip"] = forward / 1e9
         figures["train_gflop_per_clip"] = 3 * forward / 1e9
         def bare() -> dict:
-            return bare_loop(cfg, batch_size, plan.mixed_precision, checkpointing, device, args.steps, args.warmup)
+            return bare_loop(cfg, shape, plan.mixed_precision, device, args.steps, args.warmup)
 
         # One process: the bare loop runs before and after every trainer run, so drift on a shared machine
         # shows as spread between neighbours instead of as overhead. Several ranks: the trainer alone.

@@ -16,8 +16,9 @@ candidates and stops at the same one.
 The result goes to RUN/autotune.json and is reused on resume while its validity key (GPU, memory,
 model, patch size, precision, world size, torch version, search settings) is unchanged.
 
-The trainer calls `autotune(...)` once, after the Accelerator exists and the memory fraction is set,
-before the model is built and `accelerator.prepare`d; it returns None where there is nothing to tune.
+The trainer calls `autotune(...)` once, through `shape.decide_run_shape` (which turns the choice into
+the run's shape), after the Accelerator exists and the memory fraction is set, before the model is
+built and `accelerator.prepare`d; it returns None where there is nothing to tune.
 """
 
 from __future__ import annotations
@@ -643,16 +644,7 @@ def write_result(run_dir: str | Path, result: AutotuneResult) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# The one call the trainer makes
-
-
-def describe_batch_plan(plan: BatchPlan) -> str:
-    text = (f"batch_size_per_gpu {plan.batch_size_per_gpu} x grad_accum_steps {plan.grad_accum_steps} x "
-            f"{plan.world_size} rank(s) = global batch {plan.global_batch_size}")
-    if not plan.exact:
-        per_pass = plan.batch_size_per_gpu * plan.world_size
-        text += f" (requested {plan.requested_global} is not a multiple of {per_pass}: the nearest possible is used)"
-    return text
+# The one call shape.decide_run_shape makes
 
 
 def first_photometric_weight(cfg) -> float:
@@ -743,8 +735,7 @@ def _finish(result: AutotuneResult, cfg, ranks: Ranks, log: Log) -> AutotuneResu
     plan = plan_batches(cfg.train.global_batch_size, result.chosen.batch_size_per_gpu, ranks.world_size)
     trial = result.chosen_trial
     speed = f", {trial.clips_per_s * ranks.world_size:.1f} clips/s" if trial else ""
-    log(f"auto-tune chose {result.chosen}{speed} ({result.choose}, {result.seconds:.0f} s): "
-        f"{describe_batch_plan(plan)}")
+    log(f"auto-tune chose {result.chosen}{speed} ({result.choose}, {result.seconds:.0f} s)")
     if cfg.train.activation_checkpointing and not result.chosen.activation_checkpointing:
         log("auto-tune: train.activation_checkpointing=true has no effect: the chosen setting fits without it "
             "(autotune.enabled=false keeps it on)")

@@ -30,18 +30,19 @@ from ..model.architecture import count_parameters
 from ..model.loss import photometric_weight_at
 from ..signals import StopSignals, StopWhileWaiting
 from .adaptive import AdaptiveController
-from .autotune import Ranks, autotune
+from .autotune import Ranks
 from .builder import build_optimizer, build_training_model
 from .checkpoint import CheckpointContents, CheckpointManager, list_complete
 from .ema import WeightEMA
 from .lr_schedule import LRSchedule
 from .observer import Observer
 from .recovery import Recovery, out_of_memory, peer_gone_reason
-from .report import Report, log_batch_plan, log_start
+from .report import Report, log_start
 from .run_dir import StartRequest
 from .initial_weights import describe as describe_initial
 from .initial_weights import load_into, match, model_shapes, read_initial_weights
-from .runtime import join_restarted_process_group, plan_batches, plan_device, profile_settings
+from .runtime import join_restarted_process_group, plan_device
+from .shape import decide_run_shape
 from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, open_data, prepare_run_dir, resume,
                       will_resume)
 from .trackers import require_installed
@@ -93,21 +94,15 @@ class Trainer:
                                + ("continuing from the newest checkpoint" if start.mode == "resume" else
                                   "no checkpoint was written before it, starting again from step 0"), all_ranks=False)
 
-        batch_size_per_gpu, activation_checkpointing = profile_settings(cfg, self.device_plan)
-        channels_last = cfg.train.channels_last
-        # Before the model exists: the trials need the GPU to themselves (and leave the RNG untouched).
-        tuned = autotune(cfg, self.device_plan, self.run_dir, Ranks.from_accelerator(acc), device=acc.device,
-                         log=self.observer.info, batch_size_per_gpu=batch_size_per_gpu)
-        if tuned is not None:
-            self.batches = tuned.batch_plan
-            activation_checkpointing = tuned.chosen.activation_checkpointing
-            channels_last = tuned.chosen.channels_last
-        else:
-            self.batches = plan_batches(cfg.train.global_batch_size, batch_size_per_gpu, acc.num_processes)
+        # Before the model exists: auto-tune's trials need the GPU to themselves (and leave the RNG untouched).
+        self.shape = decide_run_shape(cfg, self.device_plan, self.run_dir, Ranks.from_accelerator(acc),
+                                      device=acc.device, log=self.observer.info)
+        self.batches = self.shape.batches
 
         set_seed(cfg.run.seed)
-        model = build_training_model(cfg.model, device=acc.device, activation_checkpointing=activation_checkpointing,
-                                     channels_last=channels_last)
+        model = build_training_model(cfg.model, device=acc.device,
+                                     activation_checkpointing=self.shape.activation_checkpointing,
+                                     channels_last=self.shape.channels_last)
         self.observer.info(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
         if initial is not None:
             load_into(model, initial, init_report)
@@ -151,7 +146,9 @@ class Trainer:
         if start.mode == "resume":
             resume(self.checkpoints, start.resume_from, compatibility, cfg=cfg, world_size=acc.num_processes,
                    batches=self.batches, state=self.state, observer=self.observer)
-        log_batch_plan(self.observer, self.batches, activation_checkpointing)
+        self.observer.info(self.shape.describe())
+        if unreachable := self.shape.unreachable_global_batch():
+            self.observer.warn(unreachable)
         self.loader = train_loader(data.stream.batched(self.batches.batch_size_per_gpu, self.state.batches_consumed),
                                    cfg.data, pin_memory=cfg.data.pin_memory and acc.device.type == "cuda")
         self.signals: StopSignals | None = None
