@@ -197,7 +197,7 @@ def nan_loss_at(steps, always=False):
     """Patch the trainer's loss: the first attempt at each optimizer step in `steps` (1-based) gives a
     NaN loss (every attempt with `always`); a skipped step keeps its number and is tried again."""
     def patch(trainer):
-        real = trainer.loss_fn
+        real = trainer.training_step.loss_fn
         fired = set()
 
         def loss_fn(sr, gt, weights):
@@ -208,7 +208,7 @@ def nan_loss_at(steps, always=False):
                 parts = dict(parts, total=parts["total"] * float("nan"))
             return parts
 
-        trainer.loss_fn = loss_fn
+        trainer.training_step.loss_fn = loss_fn
     return patch
 
 
@@ -231,7 +231,7 @@ def test_repeated_nonfinite_steps_roll_back_with_a_lower_lr(train_shards, val_sh
     calls = {"n": 0}
 
     def patch(trainer):
-        real = trainer.loss_fn
+        real = trainer.training_step.loss_fn
 
         def loss_fn(sr, gt, weights):
             parts = real(sr, gt, weights)
@@ -240,7 +240,7 @@ def test_repeated_nonfinite_steps_roll_back_with_a_lower_lr(train_shards, val_sh
                 parts = dict(parts, total=parts["total"] * float("inf"))
             return parts
 
-        trainer.loss_fn = loss_fn
+        trainer.training_step.loss_fn = loss_fn
 
     trainer, code = train(cfg, patch=patch)
     assert code == 0 and trainer.state.step == 8
@@ -257,7 +257,7 @@ def failing_steps(bad_step: int, failures: int):
     calls = {"n": 0}
 
     def patch(trainer):
-        real = trainer.loss_fn
+        real = trainer.training_step.loss_fn
 
         def loss_fn(sr, gt, weights):
             parts = real(sr, gt, weights)
@@ -266,7 +266,7 @@ def failing_steps(bad_step: int, failures: int):
                 parts = dict(parts, total=parts["total"] * float("inf"))
             return parts
 
-        trainer.loss_fn = loss_fn
+        trainer.training_step.loss_fn = loss_fn
 
     return patch
 
@@ -362,7 +362,7 @@ def test_gradients_reach_the_optimizer_clipped_to_the_adaptive_threshold(train_s
         real_step = trainer.optimizer.step
 
         def step(*args, **kwargs):
-            grads = [p.grad for p in trainer.params if p.grad is not None]
+            grads = [p.grad for p in trainer.training_step.params if p.grad is not None]
             seen.append(float(torch.nn.utils.get_total_norm(grads)))
             return real_step(*args, **kwargs)
 

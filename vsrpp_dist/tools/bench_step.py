@@ -3,9 +3,10 @@
 (a) trainer: the real `Trainer.train()` loop on real shards (loader workers, the per-step all-reduce,
     LR schedule, adaptive system, logging, status file; checkpoints and validation switched off), timed
     between the end of the warm-up steps and the last step.
-(b) bare: the same model, batch, patch, precision, memory layout and optimizer, built by the same
-    builder (training/builder.py), as plain PyTorch: forward, loss, backward, clipping, optimizer step
-    on one batch already on the device, nothing else.
+(b) bare: the same model, batch, accumulation, patch, precision, memory layout and optimizer, built by
+    the same builder (training/builder.py) and run through the trainer's own step (training/step.py) in
+    one process: forward, loss, backward per micro-batch, clipping, optimizer step, on one batch already
+    on the device, nothing else (no loader, all-reduce, schedule or logging).
 The bare loop runs before and after the trainer and the two are averaged, so drift on a shared machine
 shows up as their spread instead of as overhead.
 
@@ -31,8 +32,11 @@ from ..config import SCALE, load_config
 from ..imresize import downscale
 from ..model.architecture import build_model, conv_flops_per_clip
 from ..model.loss import LossWeights
-from ..training.builder import PlainStep, build_optimizer, build_training_model
-from ..training.runtime import cpu_threads, local_cuda_device, plan_device, profile_settings
+from ..training.autotune import first_photometric_weight
+from ..training.builder import build_optimizer, build_training_model
+from ..training.runtime import cpu_threads, local_cuda_device, plan_device
+from ..training.shape import RunShape, configured_shape
+from ..training.step import SingleProcess, TrainingStep
 
 
 def add_parser(subparsers) -> None:
@@ -56,18 +60,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_loop(cfg, batch_size: int, precision: str, activation_checkpointing: bool, device: torch.device,
-              steps: int, warmup: int) -> dict:
-    """Forward, loss, backward, clipping, optimizer step, built as the trainer builds them; nothing else."""
+def bare_loop(cfg, shape: RunShape, precision: str, device: torch.device, steps: int, warmup: int) -> dict:
+    """The trainer's step in `shape` (its accumulation over micro-batches, clipping, optimizer step) in
+    one process on one batch on the device; nothing else. Figures per optimizer step."""
     torch.manual_seed(cfg.run.seed)
-    model = build_training_model(cfg.model, device=device, activation_checkpointing=activation_checkpointing,
-                                 channels_last=cfg.train.channels_last).train()
+    model = build_training_model(cfg.model, device=device, activation_checkpointing=shape.activation_checkpointing,
+                                 channels_last=shape.channels_last).train()
     optimizer, _ = build_optimizer(model, cfg.optim, alignment_lr_factor=cfg.alignment_training.lr_factor,
                                    device_type=device.type)
     for group in optimizer.param_groups:
         group["lr"] = cfg.optim.lr_peak
-    step = PlainStep(model, optimizer, precision, LossWeights(cfg.loss.l1_weight, cfg.loss.ms_weight,
-                                                              cfg.loss.grad_weight))
+    batch_size, accumulation = shape.batches.batch_size_per_gpu, shape.batches.grad_accum_steps
+    runner = SingleProcess(precision, device.type, accumulation)
+    step = TrainingStep(runner, model, runner.scaled(optimizer))
+    weights = LossWeights(cfg.loss.l1_weight, cfg.loss.ms_weight, cfg.loss.grad_weight)
+    photometric_weight = first_photometric_weight(cfg)
     p = cfg.data.lr_patch_size * SCALE
     gt = torch.rand(batch_size, cfg.model.num_frames, 3, p, p, device=device)
     lq = downscale(gt.flatten(0, 1)).unflatten(0, gt.shape[:2])
@@ -77,10 +84,11 @@ def bare_loop(cfg, batch_size: int, precision: str, activation_checkpointing: bo
         if i == warmup:
             _sync(device)
             started = time.perf_counter()
-        step(gt, lq)
+        step.run([(gt, lq)] * accumulation, weights, photometric_weight, cfg.adaptive.clip_initial)
     _sync(device)
     seconds = (time.perf_counter() - started) / steps
-    return {"s_per_iter": seconds, "clips_per_s": batch_size / seconds,
+    return {"s_per_iter": seconds, "clips_per_s": batch_size * accumulation / seconds,
+            "clips_per_step": batch_size * accumulation,
             "peak_gb": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None}
 
 
@@ -117,8 +125,7 @@ def trainer_loop(cfg, steps: int, warmup: int) -> dict:
             "batch_size_per_gpu": plan.batch_size_per_gpu, "grad_accum_steps": plan.grad_accum_steps,
             "global_batch": plan.global_batch_size,
             "world_size": plan.world_size, "precision": trainer.device_plan.mixed_precision,
-            "activation_checkpointing": trainer.cfg.train.activation_checkpointing
-            or trainer.device_plan.profile == "6gb",
+            "activation_checkpointing": trainer.shape.activation_checkpointing,
             "peak_gb": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None,
             "device": str(device), "is_main": trainer.accelerator.is_main_process}
 
@@ -168,7 +175,7 @@ def run(args) -> int:
                                          f"run.dir={tmp}/run"])
         world = int(os.environ.get("WORLD_SIZE", "1"))
         plan = plan_device(cfg.train, world)
-        batch_size, checkpointing = profile_settings(cfg, plan)
+        shape = configured_shape(cfg, plan, 1)  # the bare loop's; auto-tune is off (timing_overrides)
         device = local_cuda_device() or torch.device("cpu")
         if plan.device_type == "cpu" and (threads := cpu_threads()) is not None:
             torch.set_num_threads(threads)  # as the trainer does, so both loops get the same cores
@@ -180,7 +187,7 @@ def run(args) -> int:
         figures["forward_gflop_per_clip"] = forward / 1e9
         figures["train_gflop_per_clip"] = 3 * forward / 1e9
         def bare() -> dict:
-            return bare_loop(cfg, batch_size, plan.mixed_precision, checkpointing, device, args.steps, args.warmup)
+            return bare_loop(cfg, shape, plan.mixed_precision, device, args.steps, args.warmup)
 
         # One process: the bare loop runs before and after every trainer run, so drift on a shared machine
         # shows as spread between neighbours instead of as overhead. Several ranks: the trainer alone.
@@ -198,10 +205,10 @@ def run(args) -> int:
         figures["trainer"] = trainer
         if world == 1:
             bare_s = statistics.median(r["s_per_iter"] for r in bares)
-            figures["bare"] = {"s_per_iter": bare_s, "clips_per_s": batch_size / bare_s,
+            figures["bare"] = {"s_per_iter": bare_s, "clips_per_s": bares[0]["clips_per_step"] / bare_s,
                                "spread": [r["s_per_iter"] for r in bares], "peak_gb": bares[-1]["peak_gb"]}
-            # with accumulation a trainer step does grad_accum_steps forward/backward passes
-            ratios = [t["s_per_iter"] / t["grad_accum_steps"] / ((before["s_per_iter"] + after["s_per_iter"]) / 2)
+            # both loops take whole optimizer steps with the same accumulation
+            ratios = [t["s_per_iter"] / ((before["s_per_iter"] + after["s_per_iter"]) / 2)
                       for t, before, after in zip(trainers, bares, bares[1:])]
             figures["overhead_rounds"] = ratios
             figures["overhead"] = statistics.median(ratios)
@@ -239,7 +246,7 @@ def format_report(f: dict) -> str:
         spread = ", ".join(f"{s:.4f}" for s in f["bare"]["spread"])
         trainers = ", ".join(f"{s:.4f}" for s in t["rounds_s_per_iter"])
         rounds = ", ".join(f"{r:.3f}" for r in f["overhead_rounds"])
-        lines.append(f"  trainer / bare per forward-backward pass: {f['overhead']:.3f} (median of rounds: {rounds})")
+        lines.append(f"  trainer / bare per optimizer step: {f['overhead']:.3f} (median of rounds: {rounds})")
         lines.append(f"  runs in order: bare {spread} s/iter; trainer {trainers} s/iter (medians above)")
     if "matmul_bf16_tflops" in f:
         lines.append(f"  dense bf16 matmul: {f['matmul_bf16_tflops']:.1f} TFLOP/s; trainer reaches "

@@ -16,8 +16,9 @@ candidates and stops at the same one.
 The result goes to RUN/autotune.json and is reused on resume while its validity key (GPU, memory,
 model, patch size, precision, world size, torch version, search settings) is unchanged.
 
-The trainer calls `autotune(...)` once, after the Accelerator exists and the memory fraction is set,
-before the model is built and `accelerator.prepare`d; it returns None where there is nothing to tune.
+The trainer calls `autotune(...)` once, through `shape.decide_run_shape` (which turns the choice into
+the run's shape), after the Accelerator exists and the memory fraction is set, before the model is
+built and `accelerator.prepare`d; it returns None where there is nothing to tune.
 """
 
 from __future__ import annotations
@@ -37,9 +38,10 @@ from ..config import SCALE, OptimConfig
 from ..errors import AutotuneError
 from ..files import atomic_write_text
 from ..imresize import downscale
-from ..model.loss import LossWeights
-from .builder import PlainStep, build_optimizer, build_training_model
+from ..model.loss import LossWeights, photometric_weight_at
+from .builder import build_optimizer, build_training_model
 from .runtime import BatchPlan, DevicePlan, plan_batches
+from .step import SingleProcess, TrainingStep
 
 RESULT_FILE = "autotune.json"
 FORMAT_VERSION = 1
@@ -48,6 +50,10 @@ CHOICES = ("fastest", "priority")
 # the best clips/s counts as equally fast and the one earlier in priority order wins, so that noise
 # does not trade the configured batch for another one.
 SPEED_TOLERANCE = 0.02
+# A trial step accumulates at most this many micro-batches: from the second on, the gradients of the
+# earlier ones are held while the next forward's activations grow (the peak of accumulation); more
+# micro-batches add time to every trial and nothing to the peak.
+TRIAL_MICRO_BATCHES = 2
 # cuDNN/cuBLAS report failed workspace allocations under their own names; they are OOMs too.
 _OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED")
 GB = 2**30
@@ -145,7 +151,7 @@ class Trial:
     candidate: Candidate
     fits: bool
     peak_bytes: int = 0  # torch.cuda.max_memory_reserved over the trial (at the failure for an OOM)
-    s_per_iter: float = 0.0  # seconds per optimizer step of one micro-batch (0 when it did not run)
+    s_per_iter: float = 0.0  # seconds per micro-batch of an optimizer step (0 when it did not run)
     error: str | None = None  # why it does not fit: the OOM message or the cap it exceeded
     margin_bytes: int = 0  # memory the real run needs beyond the trial's (DDP buckets, EMA)
 
@@ -462,8 +468,11 @@ def is_oom_text(text: str) -> bool:
 
 class CudaStepProbe:
     """Real training steps with one candidate: a fresh model, the wrapping the trainer applies, AdamW,
-    synthetic GT clips in [0, 1] degraded with the trainer's `downscale`, autocast in the run's
-    precision (fp16 with a GradScaler), one warm-up step, then `trial_steps` timed ones.
+    synthetic GT clips in [0, 1] degraded with the trainer's `downscale`, and the trainer's own step
+    (step.TrainingStep: autocast in the run's precision with the alignment report, the photometric term
+    at `photometric_weight`, fp16 with a GradScaler, clipping at `clip_threshold`), accumulating up to
+    TRIAL_MICRO_BATCHES micro-batches when the candidate's batch plan accumulates; one warm-up step,
+    then `trial_steps` timed ones.
 
     It runs before DDP wraps the model, on each rank alone, so memory the real run needs in addition
     is added as `margin_bytes`: one fp32 copy of the parameters per entry of `extra_param_copies` (1 for
@@ -475,7 +484,8 @@ class CudaStepProbe:
 
     def __init__(self, model_cfg, loss_weights: LossWeights, lr_patch_size: int, precision: str,
                  device: torch.device | str, trial_steps: int = 3, *, extra_param_copies: int = 0,
-                 optim_cfg: OptimConfig | None = None) -> None:
+                 optim_cfg: OptimConfig | None = None, photometric_weight: float = 0.0,
+                 clip_threshold: float = 1.0, global_batch_size: int = 0, world_size: int = 1) -> None:
         if precision not in ("bf16", "fp16", "no"):
             raise ValueError(f"precision must be bf16, fp16 or no, got {precision!r}")
         if trial_steps < 1:
@@ -488,6 +498,10 @@ class CudaStepProbe:
         self.trial_steps = trial_steps
         self.extra_param_copies = extra_param_copies
         self.optim_cfg = optim_cfg or OptimConfig()
+        self.photometric_weight = photometric_weight
+        self.clip_threshold = clip_threshold
+        self.global_batch_size = global_batch_size
+        self.world_size = world_size
         self._param_bytes: int | None = None
 
     @property
@@ -528,7 +542,10 @@ class CudaStepProbe:
         if self._param_bytes is None:
             self._param_bytes = sum(p.numel() for p in model.parameters()) * 4  # fp32 master weights
         optimizer, _ = build_optimizer(model, self.optim_cfg, alignment_lr_factor=1.0, device_type=self.device.type)
-        step = PlainStep(model, optimizer, self.precision, self.loss_weights)
+        accumulation = plan_batches(self.global_batch_size, candidate.batch_size_per_gpu, self.world_size)
+        micro_batches = min(TRIAL_MICRO_BATCHES, accumulation.grad_accum_steps)
+        runner = SingleProcess(self.precision, self.device.type, accumulation.grad_accum_steps)
+        step = TrainingStep(runner, model, runner.scaled(optimizer))
         gt_edge = self.lr_patch_size * SCALE
         gen = torch.Generator(device=self.device).manual_seed(0)
         gt_btchw = torch.rand(candidate.batch_size_per_gpu, self.model_cfg.num_frames, 3, gt_edge, gt_edge,
@@ -536,7 +553,11 @@ class CudaStepProbe:
         b, t = gt_btchw.shape[:2]
         lq_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
 
-        step(gt_btchw, lq_btchw)  # warm-up: cuDNN algorithm choice, optimizer state
+        def optimizer_step() -> None:
+            step.run([(gt_btchw, lq_btchw)] * micro_batches, self.loss_weights, self.photometric_weight,
+                     self.clip_threshold)
+
+        optimizer_step()  # warm-up: cuDNN algorithm choice, optimizer state
         if not optimizer.state:
             # fp16's scaler may skip the first steps (inf gradients) and with them the creation of
             # Adam's two moments: create them, or the peak would miss 2x the parameter bytes.
@@ -547,9 +568,9 @@ class CudaStepProbe:
         self._sync()
         began = time.perf_counter()
         for _ in range(self.trial_steps):
-            step(gt_btchw, lq_btchw)
+            optimizer_step()
         self._sync()
-        return (time.perf_counter() - began) / self.trial_steps
+        return (time.perf_counter() - began) / (self.trial_steps * micro_batches)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -623,16 +644,13 @@ def write_result(run_dir: str | Path, result: AutotuneResult) -> Path:
 
 
 # --------------------------------------------------------------------------------------------------
-# The one call the trainer makes
+# The one call shape.decide_run_shape makes
 
 
-def describe_batch_plan(plan: BatchPlan) -> str:
-    text = (f"batch_size_per_gpu {plan.batch_size_per_gpu} x grad_accum_steps {plan.grad_accum_steps} x "
-            f"{plan.world_size} rank(s) = global batch {plan.global_batch_size}")
-    if not plan.exact:
-        per_pass = plan.batch_size_per_gpu * plan.world_size
-        text += f" (requested {plan.requested_global} is not a multiple of {per_pass}: the nearest possible is used)"
-    return text
+def first_photometric_weight(cfg) -> float:
+    """The photometric term's weight at step 0, its largest (0 without an explicit alignment): with it
+    the probe backpropagates through the alignment report as the run's first steps do."""
+    return photometric_weight_at(0, cfg.alignment_training) if cfg.model.explicit_alignment else 0.0
 
 
 def search_settings(cfg, batch_size_per_gpu: int) -> dict[str, Any]:
@@ -691,7 +709,9 @@ def autotune(cfg, device_plan: DevicePlan, run_dir: str | Path, ranks: Ranks, *,
         probe = CudaStepProbe(cfg.model, LossWeights(cfg.loss.l1_weight, cfg.loss.ms_weight, cfg.loss.grad_weight),
                               cfg.data.lr_patch_size, device_plan.mixed_precision, device, cfg.autotune.trial_steps,
                               extra_param_copies=int(ranks.world_size > 1) + int(cfg.ema.enabled),
-                              optim_cfg=cfg.optim)
+                              optim_cfg=cfg.optim, photometric_weight=first_photometric_weight(cfg),
+                              clip_threshold=cfg.adaptive.clip_initial,
+                              global_batch_size=cfg.train.global_batch_size, world_size=ranks.world_size)
     cap = int(cfg.autotune.vram_cap * usable)
     log(f"auto-tune: up to {len(candidates)} settings, cap {_gb(cap)} ({cfg.autotune.vram_cap:g} of {_gb(usable)}"
         f"{' after the memory fraction' if fraction else ''}), budget {cfg.autotune.time_budget_s:g} s, "
@@ -715,8 +735,7 @@ def _finish(result: AutotuneResult, cfg, ranks: Ranks, log: Log) -> AutotuneResu
     plan = plan_batches(cfg.train.global_batch_size, result.chosen.batch_size_per_gpu, ranks.world_size)
     trial = result.chosen_trial
     speed = f", {trial.clips_per_s * ranks.world_size:.1f} clips/s" if trial else ""
-    log(f"auto-tune chose {result.chosen}{speed} ({result.choose}, {result.seconds:.0f} s): "
-        f"{describe_batch_plan(plan)}")
+    log(f"auto-tune chose {result.chosen}{speed} ({result.choose}, {result.seconds:.0f} s)")
     if cfg.train.activation_checkpointing and not result.chosen.activation_checkpointing:
         log("auto-tune: train.activation_checkpointing=true has no effect: the chosen setting fits without it "
             "(autotune.enabled=false keeps it on)")

@@ -1,6 +1,7 @@
-"""One way to build what a training step needs: the wrapped model, the optimizer with its groups, and
-the plain autocast step. The trainer, auto-tune's probe and `bench step` all use these, so what the
-probe measures and what the benchmark times is the model the run trains, wrapped the way it trains.
+"""One way to build what a training step needs: the wrapped model and the optimizer with its groups.
+The trainer, auto-tune's probe and `bench step` all use these (and run them through the one step in
+step.py), so what the probe measures and what the benchmark times is the model the run trains, wrapped
+the way it trains.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import torch
 from torch import nn
 
 from ..model.architecture import alignment_parameters, build_model, module_group
-from ..model.loss import HybridLoss, LossWeights
 from .wrapping import set_activation_checkpointing, to_channels_last
 
 
@@ -69,40 +69,3 @@ def build_optimizer(model: nn.Module, optim_cfg, *, alignment_lr_factor: float, 
                                   weight_decay=optim_cfg.weight_decay,
                                   fused=use_fused_adamw(optim_cfg, device_type) or None)
     return optimizer, factors
-
-
-def precision_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a mixed-precision setting (None for "no")."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-
-class PlainStep:
-    """What Trainer.train_step does per micro-batch, without DDP and the all-reduce: forward under
-    autocast, HybridLoss on the centre frame, (scaled) backward, gradient clipping, optimizer step."""
-
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, precision: str,
-                 loss_weights: LossWeights, *, clip_norm: float = 1.0) -> None:
-        self.model = model
-        self.optimizer = optimizer
-        self.device_type = next(model.parameters()).device.type
-        self.dtype = precision_dtype(precision)
-        self.scaler = torch.amp.GradScaler(self.device_type) if precision == "fp16" else None
-        self.loss_weights = loss_weights
-        self.clip_norm = clip_norm
-        self.loss_fn = HybridLoss()
-
-    def __call__(self, gt_btchw: torch.Tensor, lq_btchw: torch.Tensor) -> None:
-        with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None):
-            sr_bchw = self.model(lq_btchw)
-        loss = self.loss_fn(sr_bchw, gt_btchw[:, gt_btchw.shape[1] // 2], self.loss_weights)["total"]
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)

@@ -37,15 +37,6 @@ def log_start(observer, cfg: Config, accelerator, device_plan, start, run_dir: P
     observer.info("config:\n" + dump_config(cfg).rstrip())
 
 
-def log_batch_plan(observer, plan, activation_checkpointing: bool) -> None:
-    observer.info(f"batch: {plan.batch_size_per_gpu} per rank x {plan.grad_accum_steps} accumulation x "
-                  f"{plan.world_size} ranks = {plan.global_batch_size} clips per step; "
-                  f"activation checkpointing {'on' if activation_checkpointing else 'off'}")
-    if not plan.exact:
-        observer.warn(f"train.global_batch_size={plan.requested_global} is not reachable with "
-                      f"{plan.batch_size_per_gpu} per rank on {plan.world_size} ranks; using {plan.global_batch_size}")
-
-
 class Report:
     """The per-step reporting of one run. Everything it reads, it reads from the components that own
     it; the one collective it runs (the GPU telemetry gather, on every rank) happens in `interval`."""

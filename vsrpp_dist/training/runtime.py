@@ -62,14 +62,6 @@ def cpu_threads() -> int | None:
     return max(1, cores // local_ranks)
 
 
-def profile_settings(cfg, plan: DevicePlan) -> tuple[int, bool]:
-    """(batch_size_per_gpu, activation_checkpointing) before auto-tune: the 6 GB profile caps the
-    per-GPU batch at 2 (accumulation keeps the global batch) and recomputes the propagation trunks."""
-    if plan.profile == "6gb":
-        return min(cfg.data.batch_size_per_gpu, 2), True
-    return cfg.data.batch_size_per_gpu, cfg.train.activation_checkpointing
-
-
 @dataclass(frozen=True)
 class BatchPlan:
     batch_size_per_gpu: int

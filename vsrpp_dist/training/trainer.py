@@ -27,25 +27,27 @@ from ..config import Config
 from ..data.stream import end_loader_workers, train_loader
 from ..errors import RankLostError, TrainingError
 from ..model.architecture import count_parameters
-from ..model.loss import HybridLoss, photometric_weight_at
+from ..model.loss import photometric_weight_at
 from ..signals import StopSignals, StopWhileWaiting
 from .adaptive import AdaptiveController
-from .autotune import Ranks, autotune
+from .autotune import Ranks
 from .builder import build_optimizer, build_training_model
 from .checkpoint import CheckpointContents, CheckpointManager, list_complete
 from .ema import WeightEMA
 from .lr_schedule import LRSchedule
 from .observer import Observer
 from .recovery import Recovery, out_of_memory, peer_gone_reason
-from .report import Report, log_batch_plan, log_start
+from .report import Report, log_start
 from .run_dir import StartRequest
 from .initial_weights import describe as describe_initial
 from .initial_weights import load_into, match, model_shapes, read_initial_weights
-from .runtime import join_restarted_process_group, plan_batches, plan_device, profile_settings
+from .runtime import join_restarted_process_group, plan_device
+from .shape import decide_run_shape
 from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, open_data, prepare_run_dir, resume,
                       will_resume)
 from .trackers import require_installed
 from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
+from .step import TrainingStep
 from .validation import Validator
 from .wrapping import BranchActivity
 
@@ -92,21 +94,15 @@ class Trainer:
                                + ("continuing from the newest checkpoint" if start.mode == "resume" else
                                   "no checkpoint was written before it, starting again from step 0"), all_ranks=False)
 
-        batch_size_per_gpu, activation_checkpointing = profile_settings(cfg, self.device_plan)
-        channels_last = cfg.train.channels_last
-        # Before the model exists: the trials need the GPU to themselves (and leave the RNG untouched).
-        tuned = autotune(cfg, self.device_plan, self.run_dir, Ranks.from_accelerator(acc), device=acc.device,
-                         log=self.observer.info, batch_size_per_gpu=batch_size_per_gpu)
-        if tuned is not None:
-            self.batches = tuned.batch_plan
-            activation_checkpointing = tuned.chosen.activation_checkpointing
-            channels_last = tuned.chosen.channels_last
-        else:
-            self.batches = plan_batches(cfg.train.global_batch_size, batch_size_per_gpu, acc.num_processes)
+        # Before the model exists: auto-tune's trials need the GPU to themselves (and leave the RNG untouched).
+        self.shape = decide_run_shape(cfg, self.device_plan, self.run_dir, Ranks.from_accelerator(acc),
+                                      device=acc.device, log=self.observer.info)
+        self.batches = self.shape.batches
 
         set_seed(cfg.run.seed)
-        model = build_training_model(cfg.model, device=acc.device, activation_checkpointing=activation_checkpointing,
-                                     channels_last=channels_last)
+        model = build_training_model(cfg.model, device=acc.device,
+                                     activation_checkpointing=self.shape.activation_checkpointing,
+                                     channels_last=self.shape.channels_last)
         self.observer.info(f"model {cfg.model.name}: {count_parameters(model):,} parameters")
         if initial is not None:
             load_into(model, initial, init_report)
@@ -124,9 +120,8 @@ class Trainer:
                                                      freeze_steps=cfg.init.freeze_steps)
         model = self._maybe_compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.params = list(self.model.parameters())
         acc.gradient_accumulation_steps = self.batches.grad_accum_steps
-        self.loss_fn = HybridLoss()
+        self.training_step = TrainingStep(acc, self.model, self.optimizer)
 
         self.state = TrainState()
         self.schedule = LRSchedule(cfg.optim, cfg.plateau, cfg.guard, cfg.train.total_steps)
@@ -151,7 +146,9 @@ class Trainer:
         if start.mode == "resume":
             resume(self.checkpoints, start.resume_from, compatibility, cfg=cfg, world_size=acc.num_processes,
                    batches=self.batches, state=self.state, observer=self.observer)
-        log_batch_plan(self.observer, self.batches, activation_checkpointing)
+        self.observer.info(self.shape.describe())
+        if unreachable := self.shape.unreachable_global_batch():
+            self.observer.warn(unreachable)
         self.loader = train_loader(data.stream.batched(self.batches.batch_size_per_gpu, self.state.batches_consumed),
                                    cfg.data, pin_memory=cfg.data.pin_memory and acc.device.type == "cuda")
         self.signals: StopSignals | None = None
@@ -258,21 +255,10 @@ class Trainer:
             data_wait += time.perf_counter() - fetch
             skipped = [a + b for a, b in zip(skipped, batch["skipped"])]
             gt_btchw, lq_btchw = self._to_device(batch)
-            with acc.accumulate(model):
-                with acc.autocast():
-                    sr_bchw, alignment = model(lq_btchw, with_alignment=True)
-                parts = self.loss_fn(sr_bchw, gt_btchw[:, gt_btchw.shape[1] // 2], weights)
-                objective = parts["total"]
-                if photometric_weight > 0:  # bootstraps the flow from scratch; fades out (alignment_training.*)
-                    objective = objective + photometric_weight * alignment["photometric"]
-                acc.backward(objective)
-            parts.update(alignment)
+            parts = self.training_step.micro_batch(gt_btchw, lq_btchw, weights, photometric_weight)
             sums += torch.stack([parts[k].detach().float() for k in StepStats.PARTS])
         # acc.sync_gradients is True here: DDP has averaged the gradients over ranks.
-        if self.accelerator.scaler is not None:
-            acc.unscale_gradients()
-        params = [p for p in self.params if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]).float()
+        params, grad_norm = self.training_step.gradient_norm()
         stop = 1.0 if self.signals and self.signals.requested else 0.0
         # The data counters ride along so that the logged totals cover every rank's stream.
         host_values = torch.tensor([*skipped, stop], device=acc.device)
@@ -287,13 +273,7 @@ class Trainer:
         stats = StepStats(**{f.name: reduced[f.name] / world for f in dataclasses.fields(StepStats)
                              if f.name in reduced}, photometric_weight=photometric_weight)
         finite = math.isfinite(stats.total) and math.isfinite(stats.grad_norm)
-        if finite or self.accelerator.scaler is not None:
-            # With fp16 the scaler itself skips steps with inf/nan gradients and lowers its scale.
-            # The norm is on the host already: below the threshold clipping would multiply by 1.
-            if not (finite and stats.grad_norm <= self.adaptive.clip_threshold):
-                torch.nn.utils.clip_grads_with_norm_(params, self.adaptive.clip_threshold, grad_norm)
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.training_step.update(params, grad_norm, stats.grad_norm, self.adaptive.clip_threshold, finite)
         if finite:
             self.state.nonfinite_in_row = 0
             if self.ema.enabled:

@@ -83,7 +83,7 @@ def _patch_steps(nan: str, crash: str, fill: str) -> None:
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
-        real_loss = self.loss_fn
+        real_loss = self.training_step.loss_fn
 
         def loss_fn(sr, gt, weights):
             step = self.state.step + 1
@@ -100,7 +100,7 @@ def _patch_steps(nan: str, crash: str, fill: str) -> None:
                 parts = dict(parts, total=parts["total"] * torch.tensor(float("nan")))
             return parts
 
-        self.loss_fn = loss_fn
+        self.training_step.loss_fn = loss_fn
 
     trainer_module.Trainer.__init__ = init
 
