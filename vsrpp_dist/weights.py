@@ -18,7 +18,7 @@ needed: one line each, naming the file.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import pickle
 import warnings
@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .files import file_sha256
 
 WEIGHTS_FILE = "model.safetensors"
 LEGACY_WEIGHTS_FILE = "weights.pt"
@@ -48,21 +49,9 @@ class Weights:
     step: int = -1
     provenance: list[dict] = field(default_factory=list)  # the models this one started from, nearest first
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
-        return file_sha256(self.path)
-
-    @property
-    def parameters(self) -> int:
-        return sum(t.numel() for t in self.state_dict.values())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return file_sha256(self.path)  # read once, however often a result records it
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor], *, model_config: dict, ema: bool, step: int,

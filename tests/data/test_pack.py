@@ -27,7 +27,6 @@ from vsrpp_dist.data.shard_format import (
     FORMAT_VERSION,
     crop_to_scale,
     decode_frame,
-    file_sha256,
     frame_field,
     read_manifest,
     run_bounds,
@@ -35,6 +34,7 @@ from vsrpp_dist.data.shard_format import (
     train_key,
     val_key,
 )
+from vsrpp_dist.files import file_sha256
 from vsrpp_dist.data.sources import read_frames, scan_source
 
 # shard_format.decode_frame uses torchvision.io, which warns about its future in torchvision 0.29

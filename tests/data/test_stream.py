@@ -22,6 +22,7 @@ from vsrpp_dist.data.stream import (
     byte_bounded_shuffle,
 )
 from vsrpp_dist.errors import ShardFormatError
+from vsrpp_dist.files import file_sha256
 
 from ..helpers import TINY
 
@@ -157,7 +158,7 @@ def test_corrupt_frame_is_skipped_and_counted(shards_copy):
     manifest = json.loads((shards_copy / "manifest.json").read_text())
     first = shards_copy / manifest["shards"][0]["file"]
     first.write_bytes(first.read_bytes().replace(b"RIFF", b"RIFX"))  # every WebP frame of one shard
-    manifest["shards"][0]["sha256"] = fmt.file_sha256(first)  # a damaged frame, not a damaged shard
+    manifest["shards"][0]["sha256"] = file_sha256(first)  # a damaged frame, not a damaged shard
     (shards_copy / "manifest.json").write_text(json.dumps(manifest))
     loader = build_train_loader(shards_copy, data_cfg(), seed=0, rank=0, world_size=1, batch_size=2)
     with pytest.warns(RuntimeWarning, match="corrupt sample"):

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from vsrpp_dist.data import shard_format as fmt
 from vsrpp_dist.data.stream import EpochPlan
+from vsrpp_dist.files import file_sha256
 from vsrpp_dist.training.checkpoint import LATEST_LINK, TMP_PREFIX, list_complete, read_info
 from vsrpp_dist.training.state_files import read_tree
 from vsrpp_dist.weights import WEIGHTS_FILE, read_weights
@@ -481,10 +481,10 @@ def survivable(train_shards, val_shards, tmp_path_factory):
     manifest["shards"][bad_sum]["sha256"] = "0" * 64
     path = shard_path(shards, manifest, truncated)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    manifest["shards"][truncated]["sha256"] = fmt.file_sha256(path)  # cut after packing: the read fails
+    manifest["shards"][truncated]["sha256"] = file_sha256(path)  # cut after packing: the read fails
     path = shard_path(shards, manifest, corrupt)
     path.write_bytes(path.read_bytes().replace(b"RIFF", b"RIFX", 7))  # the 7 frames of its first sample
-    manifest["shards"][corrupt]["sha256"] = fmt.file_sha256(path)
+    manifest["shards"][corrupt]["sha256"] = file_sha256(path)
     (shards / "manifest.json").write_text(json.dumps(manifest))
 
     run_dir = base / "run"

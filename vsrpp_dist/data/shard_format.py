@@ -12,7 +12,6 @@ stream a sequence at a time.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -237,14 +236,6 @@ def decode_png(data: bytes) -> torch.Tensor:
 
 
 # -- checksums and the manifest ----------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_manifest(where) -> dict[str, Any]:

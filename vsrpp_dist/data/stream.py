@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..errors import DataStreamError
+from ..files import file_sha256
 from ..signals import detach_worker_from_signals
 from . import shard_format as fmt
 from .locations import Location, LocationError, RemoteReadError, RetryPolicy
@@ -117,7 +118,7 @@ class ShardReader:
             return False
         if self.verify and entry.get("sha256"):
             if key not in _verified:
-                _verified[key] = fmt.file_sha256(path) == entry["sha256"]
+                _verified[key] = file_sha256(path) == entry["sha256"]
             if not _verified[key]:
                 self.bad_shards += 1
                 self._warn(key, f"shard {path} does not match its checksum in the manifest; skipping it")

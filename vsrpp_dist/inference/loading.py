@@ -3,6 +3,7 @@ weights checked against the model they must fit, and what a result records about
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from ..errors import CheckpointError
 from ..model.architecture import build_model
 from ..model.receptive_field import receptive_radius, tile_multiple
 from ..training.wrapping import to_channels_last
-from ..weights import file_sha256, read_weights
+from ..files import file_sha256
+from ..weights import read_weights
 
 
 @dataclass
@@ -27,10 +29,14 @@ class LoadedModel:
     file: Path | None = None  # the weights file read
     provenance: list[dict] = field(default_factory=list)  # the models its training started from
 
+    @functools.cached_property
+    def sha256(self) -> str | None:
+        return file_sha256(self.file) if self.file else None  # hashed once, however often it is recorded
+
     def identity(self) -> dict:
         """What a result computed with this model records about it (evaluate --json, export)."""
         return {"checkpoint": self.source, "file": str(self.file) if self.file else None,
-                "sha256": file_sha256(self.file) if self.file else None, "step": self.step, "ema": self.ema,
+                "sha256": self.sha256, "step": self.step, "ema": self.ema,
                 "model_config": config_to_dict(self.model_cfg), "provenance": self.provenance}
 
     @property

@@ -28,7 +28,8 @@ import torch
 from ..config import Config, architecture_of, config_to_dict
 from ..errors import CheckpointError, ConfigError
 from ..model.architecture import build_model, module_group
-from ..weights import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, Weights, file_sha256, read_weights, weights_file_in
+from ..files import file_sha256
+from ..weights import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, Weights, read_weights, weights_file_in
 from .checkpoint import BEST_LINK, list_complete, read_info
 from .run_dir import CHECKPOINTS
 from .state_files import TRAINING_STATE_FILE, read_tree
@@ -137,19 +138,26 @@ class MatchReport:
     """What of the source fits the model: tensors loaded, new in the model, skipped for a different shape,
     unused from the source."""
 
+    shapes: dict[str, torch.Size]  # the model's tensors
     loaded: list[str]
     new: list[str]
     skipped: list[tuple[str, tuple, tuple]]  # name, source shape, model shape
     unused: list[str]
-    loaded_parameters: int
-    model_parameters: int
 
-    def lines(self, shapes: dict[str, torch.Size]) -> list[str]:
+    @property
+    def loaded_parameters(self) -> int:
+        return sum(self.shapes[n].numel() for n in self.loaded)
+
+    @property
+    def model_parameters(self) -> int:
+        return sum(s.numel() for s in self.shapes.values())
+
+    def lines(self) -> list[str]:
         share = 100.0 * self.loaded_parameters / max(self.model_parameters, 1)
-        out = [f"init: loaded {len(self.loaded)} of {len(shapes)} tensors, {self.loaded_parameters:,} of "
+        out = [f"init: loaded {len(self.loaded)} of {len(self.shapes)} tensors, {self.loaded_parameters:,} of "
                f"{self.model_parameters:,} parameters ({share:.1f}% of the model)"]
         if self.new:
-            out.append("init: new (kept as initialised): " + _by_group(self.new, shapes))
+            out.append("init: new (kept as initialised): " + _by_group(self.new, self.shapes))
         for name, source_shape, model_shape in self.skipped:
             out.append(f"init: skipped for shape: {name}: source {list(source_shape)}, model {list(model_shape)}")
         if self.unused:
@@ -189,8 +197,7 @@ def match(cfg: Config, initial: InitialWeights) -> MatchReport:
     skipped = [(n, tuple(source[n].shape), tuple(shapes[n])) for n in shapes if n in source and source[n].shape != shapes[n]]
     new = [n for n in shapes if n not in source]
     unused = [n for n in source if n not in shapes]
-    report = MatchReport(loaded, new, skipped, unused, sum(shapes[n].numel() for n in loaded),
-                         sum(s.numel() for s in shapes.values()))
+    report = MatchReport(shapes, loaded, new, skipped, unused)
     if cfg.init.strict and (skipped or new or unused):
         hint = "or set init.strict=false to load the tensors whose names and shapes match"
         if initial.model_config is not None:

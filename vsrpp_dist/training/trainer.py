@@ -40,7 +40,7 @@ from .recovery import Recovery, out_of_memory, peer_gone_reason
 from .report import Report, log_start
 from .run_dir import StartRequest
 from .initial_weights import describe as describe_initial
-from .initial_weights import load_into, match, model_shapes, read_initial_weights
+from .initial_weights import load_into, match, read_initial_weights
 from .runtime import join_restarted_process_group, plan_device
 from .shape import decide_run_shape
 from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, open_data, prepare_run_dir, resume,
@@ -107,7 +107,7 @@ class Trainer:
         if initial is not None:
             load_into(model, initial, init_report)
             self.observer.info(describe_initial(initial))
-            for line in init_report.lines(model_shapes(cfg)):
+            for line in init_report.lines():
                 self.observer.info(line)
             if cfg.init.freeze:
                 self.observer.info(f"init: {', '.join(cfg.init.freeze)} fixed (LR factor 0) until step "
@@ -240,16 +240,14 @@ class Trainer:
         sums = torch.zeros(len(StepStats.PARTS), device=acc.device)
         data_wait = 0.0
         skipped = [0, 0]  # corrupt samples, bad shards this rank's stream met during this step
-        consumed_before = self.state.batches_consumed
         for _ in range(self.batches.grad_accum_steps):
             fetch = time.perf_counter()
             try:
                 with self.signals.interrupting() if self.signals else contextlib.nullcontext():
                     batch = next(batches)
             except StopWhileWaiting:
-                # the step is abandoned: the state stays that of the last finished step, so a resume
-                # continues the stream exactly where that step left it
-                self.state.batches_consumed = consumed_before
+                # the step is abandoned: the state stays that of the last finished step (batches are counted
+                # when a step ends), so a resume continues the stream exactly where that step left it
                 self.optimizer.zero_grad(set_to_none=True)
                 raise
             data_wait += time.perf_counter() - fetch
