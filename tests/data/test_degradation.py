@@ -10,6 +10,7 @@ import torch
 
 from vsrpp_dist.config import ConfigError, load_config
 from vsrpp_dist.data import degradation as D
+from vsrpp_dist.data import realistic as R
 from vsrpp_dist.metrics import psnr
 
 from ..helpers import make_config, read_scalars, sigterm_after_step, train
@@ -52,7 +53,7 @@ def test_drawn_values_lie_in_their_ranges_and_drift_boundedly():
     d = D.build_degradation(cfg)
     seen_gauss = seen_jpeg = 0
     for seed in range(60):
-        first, second, *_ = D._unpack({k: v.unsqueeze(0) for k, v in d.draw(np.random.default_rng(seed), 8).items()}, 0)
+        first, second, *_ = R._unpack({k: v.unsqueeze(0) for k, v in d.draw(np.random.default_rng(seed), 8).items()}, 0)
         for draw, order in ((first, cfg.first), (second, cfg.second)):
             assert order.resize.scale[0] <= draw.resize_scale <= order.resize.scale[1]
             if draw.noise == 1:
@@ -75,7 +76,7 @@ def test_drawn_values_lie_in_their_ranges_and_drift_boundedly():
 
 def test_the_blur_parameters_walk_instead_of_jumping_or_standing_still():
     rng = np.random.default_rng(0)
-    walk = D._walk(rng, 200, 0.2, 3.0, 0.02)
+    walk = R._walk(rng, 200, 0.2, 3.0, 0.02)
     steps = np.abs(np.diff(walk))
     assert steps.max() <= 0.02 + 1e-12 and steps.mean() > 0.003
     assert ((walk >= 0.2) & (walk <= 3.0)).all()
@@ -85,12 +86,12 @@ def test_the_blur_parameters_walk_instead_of_jumping_or_standing_still():
 
 
 def test_jpeg_at_q30_is_further_from_the_frame_than_at_q95():
-    frames = D.to_uint8_hwc(smooth_frames(size=64) * 0.6 + 0.4 * torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    frames = R.to_uint8_hwc(smooth_frames(size=64) * 0.6 + 0.4 * torch.rand(5, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
     clean = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
-    low = torch.from_numpy(D.jpeg(frames, [30] * 5)).permute(0, 3, 1, 2).float() / 255
-    high = torch.from_numpy(D.jpeg(frames, [95] * 5)).permute(0, 3, 1, 2).float() / 255
+    low = torch.from_numpy(R.jpeg(frames, [30] * 5)).permute(0, 3, 1, 2).float() / 255
+    high = torch.from_numpy(R.jpeg(frames, [95] * 5)).permute(0, 3, 1, 2).float() / 255
     assert psnr(low, clean).mean() + 3 < psnr(high, clean).mean()
-    assert np.array_equal(D.jpeg(frames, [30] * 5), D.jpeg(frames, [30] * 5))
+    assert np.array_equal(R.jpeg(frames, [30] * 5), R.jpeg(frames, [30] * 5))
 
 
 def block_edge_ratio(error: torch.Tensor, block: int) -> float:
@@ -106,41 +107,41 @@ def test_the_codec_stage_is_a_real_codec_with_visible_blocks(codec, block, min_r
     """Low bitrate on smooth content: the error jumps at the codec's block edges (mpeg4: 8x8 DCT blocks;
     x264 deblocks, yet its 16x16 macroblocks still show), and more bits bring the frames closer."""
     x = smooth_frames(frames=5, size=96)
-    planes = D.rgb_to_yuv420(x)
-    out = D.video_codec(planes, codec, "bitrate", 5e3)
+    planes = R.rgb_to_yuv420(x)
+    out = R.video_codec(planes, codec, "bitrate", 5e3)
     assert out.shape == planes.shape
-    assert np.array_equal(out, D.video_codec(planes, codec, "bitrate", 5e3))  # the same bytes every run
+    assert np.array_equal(out, R.video_codec(planes, codec, "bitrate", 5e3))  # the same bytes every run
     assert not np.array_equal(out, planes)
     luma_error = torch.from_numpy(out[:, :96].astype(np.float64) - planes[:, :96].astype(np.float64))
     assert block_edge_ratio(luma_error[:1], block) > min_ratio  # the intra frame (the rest predict from it)
-    colour_conversion_only = (D.yuv420_to_rgb(planes, x) - x).abs().mean()
-    assert (D.yuv420_to_rgb(out, x) - x).abs().mean() > 2 * colour_conversion_only
+    colour_conversion_only = (R.yuv420_to_rgb(planes, x) - x).abs().mean()
+    assert (R.yuv420_to_rgb(out, x) - x).abs().mean() > 2 * colour_conversion_only
     # with texture to spend bits on, fewer bits bring the frames further from the input
     textured = (0.85 * x + 0.15 * torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
-    textured_planes = D.rgb_to_yuv420(textured)
-    errors = [(D.yuv420_to_rgb(D.video_codec(textured_planes, codec, "bitrate", rate), x) - textured).abs().mean()
+    textured_planes = R.rgb_to_yuv420(textured)
+    errors = [(R.yuv420_to_rgb(R.video_codec(textured_planes, codec, "bitrate", rate), x) - textured).abs().mean()
               for rate in (1e4, 4e5)]
     assert errors[0] > errors[1]
 
 
 def test_noise_is_seeded_per_frame_and_grey_noise_is_the_same_in_every_channel():
     x = torch.full((3, 3, 32, 32), 0.5)
-    a = D.add_noise(x, 1, False, np.array([5.0, 10.0, 20.0]), seed=3)
-    assert torch.equal(a, D.add_noise(x, 1, False, np.array([5.0, 10.0, 20.0]), seed=3))
+    a = R.add_noise(x, 1, False, np.array([5.0, 10.0, 20.0]), seed=3)
+    assert torch.equal(a, R.add_noise(x, 1, False, np.array([5.0, 10.0, 20.0]), seed=3))
     spread = (a - x).std((1, 2, 3))
     assert spread[0] < spread[1] < spread[2]  # each frame at its own level
-    grey = D.add_noise(x, 1, True, np.array([10.0] * 3), seed=3) - x
+    grey = R.add_noise(x, 1, True, np.array([10.0] * 3), seed=3) - x
     assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
-    shot = D.add_noise(x, 2, False, np.array([1.0] * 3), seed=4)
+    shot = R.add_noise(x, 2, False, np.array([1.0] * 3), seed=4)
     assert 0 < (shot - x).abs().mean() < 0.1
 
 
 def test_blur_uses_each_frames_own_kernel():
     x = torch.rand(2, 3, 24, 24)
-    sharp = torch.zeros(2, D.MAX_KERNEL_SIZE, D.MAX_KERNEL_SIZE)
-    sharp[:, D.MAX_KERNEL_SIZE // 2, D.MAX_KERNEL_SIZE // 2] = 1
-    wide = D._pad_kernel(D.blur_kernel("iso", 21, 3.0, 3.0, 0.0, 1.0, 1.0))
-    out = D.blur(x, torch.stack([sharp[0], wide]))
+    sharp = torch.zeros(2, R.MAX_KERNEL_SIZE, R.MAX_KERNEL_SIZE)
+    sharp[:, R.MAX_KERNEL_SIZE // 2, R.MAX_KERNEL_SIZE // 2] = 1
+    wide = R._pad_kernel(R.blur_kernel("iso", 21, 3.0, 3.0, 0.0, 1.0, 1.0))
+    out = R.blur(x, torch.stack([sharp[0], wide]))
     assert torch.allclose(out[0], x[0], atol=1e-6)  # the delta kernel keeps frame 0
     assert out[1].std() < 0.5 * x[1].std()  # the wide one smooths frame 1
 
