@@ -4,6 +4,7 @@ a run that uses it (codec stage on)."""
 
 from __future__ import annotations
 
+import re
 import numpy as np
 import pytest
 import torch
@@ -181,6 +182,62 @@ def test_bicubic_stays_bit_for_bit_the_matlab_resize():
     assert torch.equal(bicubic.apply(gt, {}), downscale(gt.flatten(0, 1)).unflatten(0, (2, 5)))
 
 
+# -- one protocol -----------------------------------------------------------------------------------
+
+
+def variants():
+    return {"bicubic": D.BicubicDegradation(), "realistic": realistic(), "real LR": D.RealLowRes()}
+
+
+@pytest.mark.parametrize("name", ["bicubic", "realistic", "real LR"])
+def test_a_sequence_gets_the_input_its_clip_would_get_in_a_training_batch(name):
+    """Validation and evaluate make a sequence's input as the step makes a batch's: the same frames from
+    the same draw (a realistic sequence draws from (seed, index)), 8-bit, GT/3, on the host."""
+    d = variants()[name]
+    gt = (smooth_frames(frames=7, size=48) * 255).round().to(torch.uint8)
+    lr = torch.randint(0, 256, (7, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    made = list(d.sequence(zip(gt, lr), seed=3, index=2, device=torch.device("cpu")))
+    assert [torch.equal(g, frame) for (g, _), frame in zip(made, gt)] == [True] * 7
+    lq = torch.stack([x for _, x in made])
+    assert lq.dtype == torch.uint8 and lq.shape == (7, 3, 16, 16)
+    batch = {"gt": gt.unsqueeze(0), "lr": lr.unsqueeze(0),
+             **{k: v.unsqueeze(0) for k, v in d.draw(np.random.default_rng([3, 2]), 7).items()}}
+    gt_float, from_batch = d.model_input(batch)
+    assert torch.equal(gt_float, gt.unsqueeze(0).float() / 255)
+    assert torch.equal(D.to_uint8(from_batch[0]), lq)
+    if name == "real LR":
+        assert torch.equal(lq, lr)
+
+
+@pytest.mark.parametrize("name", ["bicubic", "realistic", "real LR"])
+def test_a_synthetic_batch_is_shaped_as_the_streams(name):
+    """What auto-tune's probe and `bench step` feed the step: the stream's fields for this variant."""
+    d = variants()[name]
+    gt = torch.randint(0, 256, (2, 5, 3, 48, 48), dtype=torch.uint8)
+    batch = d.synthetic_batch(gt, np.random.default_rng(0))
+    assert set(batch) == {"gt", *d.draw(np.random.default_rng(0), 5)} | ({"lr"} if name == "real LR" else set())
+    gt_float, lq = d.model_input(batch)
+    assert gt_float.shape == (2, 5, 3, 48, 48) and lq.shape == (2, 5, 3, 16, 16)
+    assert torch.equal(lq, (lq * 255).round() / 255)
+
+
+def test_no_caller_asks_which_degradation_it_holds():
+    """The variants answer for themselves: outside data/degradation.py no module compares a degradation
+    kind, and none reaches for a degradation's kind."""
+    from pathlib import Path
+
+    import vsrpp_dist
+
+    package = Path(vsrpp_dist.__file__).parent
+    comparing = re.compile(r"""kind\s*(==|!=)\s*["'](bicubic|realistic)["']""")
+    reaching = re.compile(r"(?<!cfg\.)degradation\.kind\b(?!=)")  # the config's value may be described
+    found = [f"{path.relative_to(package)}:{n}: {line.strip()}"
+             for path in sorted(package.rglob("*.py")) if path.name != "degradation.py"
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if comparing.search(line) or reaching.search(line)]
+    assert found == []
+
+
 # -- bad values --------------------------------------------------------------------------------------
 
 
@@ -243,17 +300,20 @@ def test_a_realistic_run_resumes_exactly_with_the_codec_on(train_shards, val_sha
 
 
 def test_the_validation_set_is_degraded_once_and_the_same_every_time(val_shards):
-    from vsrpp_dist.data.degradation import degrade_sequence
     from vsrpp_dist.data.validation_set import ValidationSet
-    from vsrpp_dist.training.validation import FixedDegradedSet
+    from vsrpp_dist.training.validation import InputFrames
+
+    def degraded(seed, seq):
+        return torch.stack([lq for _, lq in d.sequence(zip(seq.gt, [None] * len(seq.gt)), seed=seed, index=seq.index,
+                                                       device=torch.device("cpu"))])
 
     d = realistic()
-    fixed = FixedDegradedSet(d, seed=4)
+    fixed = InputFrames(d, seed=4)
     seq = next(iter(ValidationSet(val_shards)))
-    first = fixed.frames(seq, torch.device("cpu"))
-    assert fixed.frames(seq, torch.device("cpu")) is first  # made once
-    assert torch.equal(first, degrade_sequence(d, seq.gt, 4, seq.index, torch.device("cpu")))
-    assert not torch.equal(first, degrade_sequence(d, seq.gt, 5, seq.index, torch.device("cpu")))
+    first = fixed.of(seq, torch.device("cpu"))
+    assert fixed.of(seq, torch.device("cpu")) is first  # made once
+    assert torch.equal(first, degraded(4, seq))
+    assert not torch.equal(first, degraded(5, seq))
     assert first.dtype == torch.uint8 and first.shape[-2:] == (seq.gt.shape[-2] // 3, seq.gt.shape[-1] // 3)
 
 
@@ -274,7 +334,7 @@ def test_real_lr_shards_cannot_be_degraded_again(tmp_path, demo_frames):
     assert pack([str(demo_frames), str(out), "--lr", str(lr_root), "--min-tile", "48"]) == 0
     cfg = make_config(tmp_path / "run", out, "", *REALISTIC)
     with pytest.raises(ConfigError, match="packed with real LR frames"):
-        open_data(cfg, rank=0, world_size=1)
+        open_data(cfg, world_size=1)
 
 
 def test_the_degradation_bench_measures_both_kinds_side_by_side(train_shards, tmp_path, capsys):

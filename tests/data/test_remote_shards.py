@@ -418,14 +418,19 @@ def test_bench_loader_remote_measures_http_and_s3_beside_local_in_one_run(tmp_pa
 
 def test_fewer_shards_than_streams_warns_what_it_costs(train_shards):
     """Warned by rank 0's first worker when it starts reading (once per run, wherever the stream was built)."""
-    from vsrpp_dist.data.stream import ClipStream
+    from vsrpp_dist.data.degradation import BicubicDegradation
+    from vsrpp_dist.data.stream import ClipStream, TrainingShards
 
-    few = ClipStream(train_shards, data_cfg(), seed=0, rank=0, world_size=8, batch_size=1)
+    def stream(rank, world_size):
+        return ClipStream(TrainingShards(train_shards, data_cfg(), world_size=world_size), seed=0, rank=rank,
+                          batch_size=1, degradation=BicubicDegradation())
+
+    few = stream(0, 8)
     with pytest.warns(RuntimeWarning, match=r"5 shards for 8 ranks x 1 workers = 8 streams: each shard is read by "
                                             r"2 streams, each keeping 1 sample in 2 .* at least 8 shards"):
         next(iter(few))
-    enough = ClipStream(train_shards, data_cfg(), seed=0, rank=0, world_size=4, batch_size=1)
-    other_rank = ClipStream(train_shards, data_cfg(), seed=0, rank=1, world_size=8, batch_size=1)
+    enough = stream(0, 4)
+    other_rank = stream(1, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         next(iter(enough))

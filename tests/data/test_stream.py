@@ -12,12 +12,14 @@ import torch
 
 from vsrpp_dist.config import load_config
 from vsrpp_dist.data import shard_format as fmt
+from vsrpp_dist.data.degradation import BicubicDegradation
 from vsrpp_dist.data.stream import (
     ClipStream,
     ClipTimings,
     DataStreamError,
     EpochPlan,
     ShardReader,
+    TrainingShards,
     build_train_loader,
     byte_bounded_shuffle,
 )
@@ -35,11 +37,11 @@ def stream_keys(shards, *, world_size, workers, epoch=0, seed=0):
     """Raw sample keys each (rank, worker) stream reads in one epoch."""
     out = {}
     for rank in range(world_size):
-        ds = ClipStream(shards, data_cfg(f"data.num_workers={workers}"), seed=seed, rank=rank,
-                        world_size=world_size, batch_size=1)
+        opened = TrainingShards(shards, data_cfg(f"data.num_workers={workers}"), world_size=world_size)
+        ds = ClipStream(opened, seed=seed, rank=rank, batch_size=1, degradation=BicubicDegradation())
         for worker in range(max(1, workers)):
             stream = rank * max(1, workers) + worker
-            reader = ShardReader(ds.location, ds.manifest["shards"], True, "test")
+            reader = ShardReader(opened.location, opened.manifest["shards"], True, "test")
             out[(rank, worker)] = [s["__key__"] for s in ds._epoch_samples(epoch, stream, reader)]
     return out
 
@@ -134,17 +136,17 @@ def test_shuffle_buffer_is_bounded_in_bytes():
 
 def test_patch_larger_than_tiles_is_refused(train_shards):
     with pytest.raises(DataStreamError, match="data.lr_patch_size=32 needs GT tiles of at least 96 px"):
-        ClipStream(train_shards, data_cfg("data.lr_patch_size=32"), seed=0, rank=0, world_size=1, batch_size=1)
+        TrainingShards(train_shards, data_cfg("data.lr_patch_size=32"), world_size=1)
 
 
 def test_too_many_streams_for_the_samples_is_refused(train_shards):
     with pytest.raises(DataStreamError, match="cannot feed"):
-        ClipStream(train_shards, data_cfg("data.num_workers=8"), seed=0, rank=0, world_size=4, batch_size=1)
+        TrainingShards(train_shards, data_cfg("data.num_workers=8"), world_size=4)
 
 
 def test_a_validation_split_is_not_a_training_stream(val_shards):
     with pytest.raises(ShardFormatError, match="packed without --val"):
-        ClipStream(val_shards, data_cfg(), seed=0, rank=0, world_size=1, batch_size=1)
+        TrainingShards(val_shards, data_cfg(), world_size=1)
 
 
 @pytest.fixture

@@ -146,6 +146,48 @@ def test_packed_set_matches_frame_folders_and_training_validation(weights, gt_ro
     assert overall["rgb_ssim_model"] == pytest.approx(scores["KI_SSIM_RGB"], abs=1e-6)
 
 
+def test_a_set_packed_with_real_lr_is_scored_on_it_by_evaluate_and_validation(weights, gt_root, tmp_path, capsys):
+    """Real LR frames (a box filter here, not bicubic) packed with the set are the input, the same as the
+    folder given by --lr, in evaluate and in a run's validation; --degradation realistic still asks for
+    GT degraded instead."""
+    from vsrpp_dist.config import DegradationConfig
+    from vsrpp_dist.data.degradation import for_scoring
+    from vsrpp_dist.data.pack_command import main as pack
+    from vsrpp_dist.data.validation_set import ValidationSet
+    from vsrpp_dist.inference.loading import load_model
+    from vsrpp_dist.training.validation import Validator
+
+    lr_root = tmp_path / "box"
+    for seq in sorted(p for p in gt_root.iterdir() if p.is_dir()):
+        (lr_root / seq.name).mkdir(parents=True)
+        for frame in sorted(seq.glob("*.png")):
+            image = Image.open(frame)
+            image.resize((image.width // 3, image.height // 3), Image.BOX).save(lr_root / seq.name / frame.name)
+    assert pack(["--val", str(gt_root), str(tmp_path / "val"), "--lr", str(lr_root)]) == 0
+    capsys.readouterr()
+    given, _, _ = evaluate_json(capsys, tmp_path, "--checkpoint", weights, "--data", gt_root, "--lr", lr_root,
+                                name="given.json")
+    packed, _, _ = evaluate_json(capsys, tmp_path, "--checkpoint", weights, "--data", tmp_path / "val",
+                                 name="packed.json")
+    bi, _, _ = evaluate_json(capsys, tmp_path, "--checkpoint", weights, "--data", gt_root, name="bi.json")
+    assert packed["lr"] == "real LR frames packed with the set"
+    for a, b in zip(given["rows"], packed["rows"]):
+        assert a == pytest.approx(b, abs=1e-9)
+    assert rows_by_name(packed)["overall"]["y_psnr_bicubic"] != pytest.approx(rows_by_name(bi)["overall"]["y_psnr_bicubic"])
+
+    dataset = ValidationSet(tmp_path / "val")
+    validator = Validator(dataset, ValidationConfig(images=0), OneProcess(), Quiet(),
+                          degradation=for_scoring(DegradationConfig(kind="realistic"), packed_lr=dataset.has_lr))
+    scores = validator.run(load_model(weights, torch.device("cpu")).model, step=0)
+    assert rows_by_name(packed)["overall"]["y_psnr_model"] == pytest.approx(scores["KI_PSNR"], abs=1e-5)
+    assert rows_by_name(packed)["overall"]["y_psnr_bicubic"] == pytest.approx(scores["LR_PSNR"], abs=1e-5)
+
+    realistic, _, _ = evaluate_json(capsys, tmp_path, "--checkpoint", weights, "--data", tmp_path / "val",
+                                    "--degradation", "realistic", name="realistic.json")
+    assert realistic["lr"] == "realistic degradation (default ranges), seed 0"
+    assert rows_by_name(realistic)["overall"]["y_psnr_bicubic"] < rows_by_name(packed)["overall"]["y_psnr_bicubic"] - 1
+
+
 def test_gt_not_divisible_by_3_is_cropped_with_a_note(weights, gt_root, tmp_path, capsys):
     odd = tmp_path / "odd" / "000"
     odd.mkdir(parents=True)

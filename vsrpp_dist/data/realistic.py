@@ -27,12 +27,14 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..config import KERNEL_SHAPES, MAX_KERNEL_SIZE, SCALE, ConfigError, DegradationConfig
+from .degradation import Degradation, FramePair, to_uint8
 
 RESIZE_MODES = ("bilinear", "area", "bicubic")
 MIN_SIZE = 16  # every intermediate frame keeps at least this edge (and an even size, for yuv420p)
@@ -197,7 +199,7 @@ def _pack(first: OrderDraw, second: OrderDraw, final_sinc: bool, final_kernel: t
     }
 
 
-def _unpack(plans: dict[str, torch.Tensor], i: int) -> tuple[OrderDraw, OrderDraw, bool, torch.Tensor, int, bool]:
+def _unpack(plans: Mapping[str, torch.Tensor], i: int) -> tuple[OrderDraw, OrderDraw, bool, torch.Tensor, int, bool]:
     kernels = plans["degradation_kernels"][i]
     scalars = plans["degradation_scalars"][i].tolist()
     per_frame = plans["degradation_frames"][i].cpu().numpy()
@@ -358,9 +360,7 @@ def video_codec(planes: np.ndarray, codec: str, control: str, rate: float) -> np
 # -- the pipeline ------------------------------------------------------------------------------------
 
 
-class RealisticDegradation:
-    kind = "realistic"
-
+class RealisticDegradation(Degradation):
     def __init__(self, cfg: DegradationConfig) -> None:
         self.cfg = cfg
         check_codecs(cfg)
@@ -379,8 +379,9 @@ class RealisticDegradation:
         codec_last = bool(rng.random() < 0.5) if final.shuffle else True
         return _pack(first, second, final_sinc, kernel.expand(frames, -1, -1).clone(), final_mode, codec_last)
 
-    def apply(self, gt_btchw: torch.Tensor, plans: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The degraded clips (B, T, 3, H/3, W/3) in [0, 1], 8-bit quantised, from GT clips in [0, 1]."""
+    def apply(self, gt_btchw: torch.Tensor, plans: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The degraded clips (B, T, 3, H/3, W/3) in [0, 1], 8-bit quantised, from GT clips in [0, 1] and
+        the batch holding each clip's draw."""
         b = gt_btchw.shape[0]
         if b == 1 or gt_btchw.device.type == "cpu":  # on the CPU the threads would only share its cores
             return torch.stack([self.degrade_clip(gt_btchw[i], plans, i) for i in range(b)])
@@ -390,7 +391,23 @@ class RealisticDegradation:
         # One clip per thread: the device work is queued from each, the codecs run side by side.
         return torch.stack(list(self._pool.map(lambda i: self.degrade_clip(gt_btchw[i], plans, i), range(b))))
 
-    def degrade_clip(self, gt_tchw: torch.Tensor, plans: dict[str, torch.Tensor], i: int) -> torch.Tensor:
+    def sequence(self, frames: Iterable[FramePair], *, seed: int, index: int,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # the whole sequence degraded as one video (drift and codec run across its frames): held in memory
+        gts = [gt for gt, _ in frames]
+        if not gts:
+            return
+        draw = self.draw(np.random.default_rng([seed, index]), len(gts))
+        gt = torch.stack(gts).to(device).float().div_(255).unsqueeze(0)
+        with torch.no_grad():
+            lq = self.apply(gt, {k: v.unsqueeze(0) for k, v in draw.items()})[0]
+        yield from zip(gts, to_uint8(lq))
+
+    def describe(self, seed: int) -> str:
+        ranges = "default" if self.cfg == DegradationConfig(kind="realistic") else "configured"
+        return f"realistic degradation ({ranges} ranges), seed {seed}"
+
+    def degrade_clip(self, gt_tchw: torch.Tensor, plans: Mapping[str, torch.Tensor], i: int) -> torch.Tensor:
         first, second, final_sinc, final_kernels, final_mode, codec_last = _unpack(plans, i)
         h, w = gt_tchw.shape[-2:]
         target = (h // SCALE, w // SCALE)

@@ -21,7 +21,6 @@ data. Changing world size or worker count between runs changes the split (the ru
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -39,11 +38,11 @@ from ..errors import DataStreamError
 from ..files import file_sha256
 from ..signals import detach_worker_from_signals
 from . import shard_format as fmt
+from .degradation import BicubicDegradation, Degradation
 from .locations import Location, LocationError, RemoteReadError, RetryPolicy
 
 CLIP_FRAMES = 5
-
-
+FRAME_FIELDS = ("gt", "lr")  # a batch's frames; its other fields are draws and counters
 
 
 def _generator(*words: int) -> np.random.Generator:
@@ -256,40 +255,30 @@ def make_clip(sample: dict[str, bytes], rng: np.random.Generator, codec: str, gt
 # -- the dataset each worker runs --------------------------------------------------------------------
 
 
-class ClipStream(IterableDataset):
-    """Endless batches of uint8 clips for one rank: {"gt": (B,5,3,P,P)[, "lr": (B,5,3,P/3,P/3)],
-    "skipped": (corrupt samples, bad shards) met since this worker's previous batch}."""
+class TrainingShards:
+    """A packed training set opened and checked once, before the run directory is touched, for this run's
+    ranks and workers: its manifest, where its shards lie, and what the streams over it need to know."""
 
-    def __init__(self, folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
-                 batch_size: int, start_batch: int = 0, scale: int = 3, degradation=None,
-                 clip_timings: ClipTimings | None = None) -> None:
-        self.clip_timings = clip_timings
+    def __init__(self, folder: str | Path, data_cfg, *, world_size: int, scale: int = 3) -> None:
         self.location = Location(folder, RetryPolicy.from_data_config(data_cfg))
         self.manifest = fmt.read_split_manifest(self.location, "train", "data.train_shards")
         self.folder = self.manifest["_folder"]  # where, for messages (masked)
         self.cfg = data_cfg
-        self.seed = seed
-        self.rank = rank
         self.world_size = world_size
-        self.batch_size = batch_size
-        self.start_batch = start_batch
         self.gt_patch = data_cfg.lr_patch_size * scale
         self.codec = self.manifest["codec"]
-        self.has_lr = bool(self.manifest.get("has_lr"))
+        self.has_lr = bool(self.manifest.get("has_lr"))  # real LR frames were packed beside GT
         self.workers = max(1, data_cfg.num_workers)
-        # Draws each clip's degradation (data/degradation.py) from the clip's own generator; None: bicubic.
-        self.degradation = degradation if degradation is not None and degradation.kind != "bicubic" else None
         self._check_patch_fits()
         tiles = [s["tile_size"] for s in self.manifest["sequences"]]
         self.max_tile_hw = (max(t[0] for t in tiles), max(t[1] for t in tiles))
         self.max_member_bytes = fmt.max_member_bytes(self.manifest)
-        shard_samples = [int(s["samples"]) for s in self.manifest["shards"]]
+        self.shard_samples = [int(s["samples"]) for s in self.manifest["shards"]]
         streams = world_size * self.workers
-        if sum(shard_samples) < streams:
+        if sum(self.shard_samples) < streams:
             raise DataStreamError(
-                f"{self.folder}: {sum(shard_samples)} samples cannot feed {world_size} ranks x {self.workers} "
+                f"{self.folder}: {sum(self.shard_samples)} samples cannot feed {world_size} ranks x {self.workers} "
                 f"workers = {streams} streams; pack more data or lower data.num_workers")
-        self.plan = EpochPlan(shard_samples, seed, streams)
         if not self.location.is_local:
             self._check_shards_readable()
 
@@ -304,13 +293,6 @@ class ClipStream(IterableDataset):
         if not found:
             raise LocationError(f"{self.location.display(first)}: not found (404); the manifest lists it")
 
-    def batched(self, batch_size: int, start_batch: int = 0) -> ClipStream:
-        """The same stream (manifest read and checked once) cut into batches of `batch_size`, starting at
-        batch `start_batch` of this rank (where a resumed run continues)."""
-        stream = copy.copy(self)
-        stream.batch_size, stream.start_batch = batch_size, start_batch
-        return stream
-
     def _check_patch_fits(self) -> None:
         tiles = [tuple(s["tile_size"]) for s in self.manifest["sequences"] if s.get("samples", 1)]
         smallest = min(min(t) for t in tiles)
@@ -319,6 +301,26 @@ class ClipStream(IterableDataset):
                 f"data.lr_patch_size={self.cfg.lr_patch_size} needs GT tiles of at least {self.gt_patch} px, but "
                 f"{self.folder} has tiles as small as {smallest} px (pack with --min-tile {self.gt_patch} or more, "
                 "or lower data.lr_patch_size)")
+
+
+class ClipStream(IterableDataset):
+    """Endless batches of uint8 clips for one rank: {"gt": (B,5,3,P,P)[, "lr": (B,5,3,P/3,P/3)], each clip's
+    degradation draw, "skipped": (corrupt samples, bad shards) met since this worker's previous batch},
+    from batch `start_batch` of this rank on (where a resumed run continues)."""
+
+    def __init__(self, shards: TrainingShards, *, seed: int, rank: int, batch_size: int, degradation: Degradation,
+                 start_batch: int = 0, clip_timings: ClipTimings | None = None) -> None:
+        self.shards = shards
+        self.cfg = shards.cfg
+        self.seed = seed
+        self.rank = rank
+        self.world_size = shards.world_size
+        self.workers = shards.workers
+        self.batch_size = batch_size
+        self.start_batch = start_batch
+        self.degradation = degradation  # draws each clip's degradation from the clip's own generator
+        self.clip_timings = clip_timings
+        self.plan = EpochPlan(shards.shard_samples, seed, self.world_size * self.workers)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
@@ -331,8 +333,9 @@ class ClipStream(IterableDataset):
         where = f"rank {self.rank} worker {logical}"
         if self.rank == 0 and physical == 0 and self.plan.modulus > 1:
             self._warn_shards_are_read_several_times()
-        reader = ShardReader(self.location, self.manifest["shards"], self.cfg.verify_checksums, where,
-                             self.max_member_bytes)
+        shards = self.shards
+        reader = ShardReader(shards.location, shards.manifest["shards"], self.cfg.verify_checksums, where,
+                             shards.max_member_bytes)
         clips = self._clips(stream, skip_batches * self.batch_size, reader, where)
         reported = (0, 0)
         while True:
@@ -347,7 +350,7 @@ class ClipStream(IterableDataset):
     def _warn_shards_are_read_several_times(self) -> None:
         """Once per run (rank 0, its first worker): too few shards cost bytes, over the network above all."""
         m, streams = self.plan.modulus, self.plan.num_streams
-        warnings.warn(f"{self.folder}: {len(self.plan.shard_samples)} shards for {self.world_size} ranks x "
+        warnings.warn(f"{self.shards.folder}: {len(self.plan.shard_samples)} shards for {self.world_size} ranks x "
                       f"{self.workers} workers = {streams} streams: each shard is read by {m} streams, each keeping "
                       f"1 sample in {m} ({m}x the bytes read, over the network too); pack with a smaller "
                       f"--shard-size for at least {streams} shards", RuntimeWarning, stacklevel=3)
@@ -364,8 +367,8 @@ class ClipStream(IterableDataset):
                     continue  # replaying to the resume point: read, never decode
                 rng = _generator(self.seed, epoch, stream, position)
                 try:
-                    clip = make_clip(sample, rng, self.codec, self.gt_patch, self.cfg.augment, self.has_lr,
-                                     self.max_tile_hw, self.clip_timings)
+                    clip = make_clip(sample, rng, self.shards.codec, self.shards.gt_patch, self.cfg.augment,
+                                     self.shards.has_lr, self.shards.max_tile_hw, self.clip_timings)
                 except MemoryError:  # the worker's memory, not the sample: frames are bounded before decoding
                     raise DataStreamError(f"{where}: out of memory while making clips (data.batch_size_per_gpu="
                                           f"{self.batch_size}, data.lr_patch_size={self.cfg.lr_patch_size}, "
@@ -374,12 +377,11 @@ class ClipStream(IterableDataset):
                     reader.corrupt_samples += 1
                     reader.warn_corrupt(sample.get("__key__"), err)
                     continue
-                if self.degradation is not None:  # after the clip's own draws: bicubic streams stay as they were
-                    clip.update(self.degradation.draw(rng, CLIP_FRAMES))
+                clip.update(self.degradation.draw(rng, CLIP_FRAMES))  # after the clip's own draws
                 produced += 1
                 yield clip
             if produced == 0 and skip == 0 and self.plan.epoch_samples(epoch, stream) > 0:
-                raise DataStreamError(f"{where}: no usable sample in epoch {epoch} of {self.folder} "
+                raise DataStreamError(f"{where}: no usable sample in epoch {epoch} of {self.shards.folder} "
                                       f"({reader.bad_shards} bad shards, {reader.corrupt_samples} corrupt samples); "
                                       "check the shards or pack the data again")
             skip = 0
@@ -407,11 +409,20 @@ def end_loader_workers() -> None:
 
 
 def build_train_loader(folder: str | Path, data_cfg, *, seed: int, rank: int, world_size: int,
-                       batch_size: int, start_batch: int = 0, pin_memory: bool = False,
-                       clip_timings: ClipTimings | None = None) -> DataLoader:
-    dataset = ClipStream(folder, data_cfg, seed=seed, rank=rank, world_size=world_size,
-                         batch_size=batch_size, start_batch=start_batch, clip_timings=clip_timings)
-    return train_loader(dataset, data_cfg, pin_memory=pin_memory)
+                       batch_size: int, start_batch: int = 0, degradation: Degradation | None = None,
+                       pin_memory: bool = False, clip_timings: ClipTimings | None = None) -> DataLoader:
+    """The loader a run over `folder` builds, in one call (benchmarks, tests); the trainer builds the same
+    in two (the shards before the run directory, the stream once the batch size and resume point are known)."""
+    stream = ClipStream(TrainingShards(folder, data_cfg, world_size=world_size), seed=seed, rank=rank,
+                        batch_size=batch_size, start_batch=start_batch,
+                        degradation=degradation or BicubicDegradation(), clip_timings=clip_timings)
+    return train_loader(stream, data_cfg, pin_memory=pin_memory)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch with its frames on `device`, as the stream made them (uint8); the rest (each clip's draw,
+    the skip counters) stays on the host, where it is read."""
+    return {k: v.to(device, non_blocking=True) if k in FRAME_FIELDS else v for k, v in batch.items()}
 
 
 def train_loader(stream: ClipStream, data_cfg, *, pin_memory: bool = False) -> DataLoader:

@@ -28,6 +28,7 @@ class ValidationSet:
         self.manifest = fmt.read_split_manifest(self.location, "val", "data.val_shards")
         self.folder = self.manifest["_folder"]  # where, for messages (masked)
         self.codec = self.manifest["codec"]
+        self.has_lr = bool(self.manifest.get("has_lr"))  # real LR frames were packed beside GT
         self.max_sequences = max_sequences
         self.damaged: dict[int, str] = {}  # sequence index -> why it was skipped (the latest pass)
         self.max_member_bytes = fmt.max_member_bytes(self.manifest)

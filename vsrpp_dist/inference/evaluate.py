@@ -42,14 +42,14 @@ import torch
 from ..cli import OneLineParser, int_at_least, note, run_cli
 from ..config import SCALE, DegradationConfig, build
 from ..data import shard_format as fmt
-from ..data.degradation import build_degradation, degrade_sequence
+from ..data.degradation import BicubicDegradation, Degradation, RealLowRes, build_degradation
 from ..data.locations import Location
 from ..data.sources import Sequence, scan_source
 from ..data.validation_set import ValidationSet
 from ..data.windows import sliding_windows
 from ..errors import InferenceError
 from ..files import atomic_write_text
-from ..imresize import downscale, upscale
+from ..imresize import upscale
 from ..temporal_metrics import PROTOCOL as TEMPORAL_PROTOCOL
 from ..training.validation import score
 from .arguments import add_inference_arguments
@@ -253,31 +253,18 @@ class SequenceScorer:
     """Scores one sequence frame by frame: bicubic and every model against GT, on the same LR frames."""
 
     def __init__(self, upscalers: list[ClipUpscaler], device: torch.device, crop_border: int, batch: int,
-                 degradation=None, seed: int = 0) -> None:
+                 degradation: Degradation, seed: int = 0) -> None:
         self.upscalers = upscalers
         self.keys = stream_keys(len(upscalers))
         self.device = device
         self.crop_border = crop_border
         self.batch = batch
-        self.degradation = degradation  # realistic: LR made per sequence; None: bicubic per frame
+        self.degradation = degradation  # how every sequence's input frames are made (input_frames)
         self.seed = seed
 
     def frames(self, job: Job, index: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(GT cropped to a multiple of 3, LR) per frame, both uint8 CHW on the CPU."""
-        if self.degradation is not None:
-            # the whole sequence degraded as one video (drift and codec run across its frames): held in memory
-            gts = [gt for gt, _ in self._cropped_pairs(job)]
-            if not gts:
-                return
-            lq = degrade_sequence(self.degradation, torch.stack(gts), self.seed, index, self.device)
-            yield from zip(gts, lq)
-            return
-        for gt, lr in self._cropped_pairs(job):
-            if lr is None:
-                # BI degradation, each frame once (it then sits in up to five windows)
-                lr_float = downscale(gt.to(self.device).float().div_(255), SCALE, quantize=True)
-                lr = to_uint8(lr_float)  # exact: quantize put it on the 1/255 grid
-            yield gt, lr
+        return self.degradation.sequence(self._cropped_pairs(job), seed=self.seed, index=index, device=self.device)
 
     def _cropped_pairs(self, job: Job) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """The job's (GT cropped to a multiple of 3, real LR or None) pairs."""
@@ -412,13 +399,23 @@ def data_location(text: str) -> Location:
         raise InferenceError(f"--data {err}") from None
 
 
+def input_frames(args, jobs: list[Job]) -> Degradation:
+    """How the model's input frames are made: GT degraded when --degradation realistic asks for it (the
+    default ranges); else the real LR frames given (--lr, or a set packed with them); else MATLAB bicubic
+    x3 of GT."""
+    if args.degradation == "realistic":
+        return build_degradation(build(DegradationConfig, {"kind": "realistic"}, "degradation."))
+    if args.lr:
+        return RealLowRes(args.lr)
+    if jobs and jobs[0].exact_lr:
+        return RealLowRes("real LR frames packed with the set")
+    return BicubicDegradation()
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    degradation = None
-    if args.degradation == "realistic":
-        if args.lr:
-            raise InferenceError("--lr and --degradation realistic exclude each other: real LR is not degraded again")
-        degradation = build_degradation(build(DegradationConfig, {"kind": "realistic"}, "degradation."))
+    if args.lr and args.degradation == "realistic":
+        raise InferenceError("--lr and --degradation realistic exclude each other: real LR is not degraded again")
     device = resolve_device(args.device)
     data = data_location(args.data)
     if not data.is_local:  # a packed validation set in a bucket, behind HTTP or a pipe: command
@@ -430,6 +427,7 @@ def main(argv=None) -> int:
     else:
         jobs = folder_jobs(args.data, args.lr, args.limit)
     check_outputs(args, jobs)
+    degradation = input_frames(args, jobs)
     for job in jobs:
         if job.gt_hw is not None:  # the rest (videos) are checked when their first frame arrives
             gt_crop(job, args.crop_border)
@@ -441,8 +439,7 @@ def main(argv=None) -> int:
     reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
     time_cudnn_algorithms_per_shape(device)
     models = load_models(args.checkpoint, device)
-    lr_origin = args.lr or (f"realistic degradation (default ranges), seed {args.seed}" if degradation else
-                            "MATLAB bicubic x3 of GT, 8-bit")
+    lr_origin = degradation.describe(args.seed)
     print(f"{len(jobs)} sequence{'s' if len(jobs) != 1 else ''} from {data}; LR: {lr_origin}; "
           f"crop border {args.crop_border}", file=sys.stderr)
     upscalers = [ClipUpscaler(m.loaded, device, tile=args.tile, amp=args.amp, cache_bytes=int(args.cache_gb * 2**30),

@@ -45,9 +45,9 @@ def add_parser(subparsers) -> None:
 
 def loader_clips_per_s(cfg, shards: str, clips: int) -> float:
     from ..data.degradation import build_degradation
-    from ..data.stream import ClipStream
+    from ..data.stream import ClipStream, TrainingShards
 
-    stream = ClipStream(shards, cfg.data, seed=cfg.run.seed, rank=0, world_size=1, batch_size=1,
+    stream = ClipStream(TrainingShards(shards, cfg.data, world_size=1), seed=cfg.run.seed, rank=0, batch_size=1,
                         degradation=build_degradation(cfg.degradation))
     batches = iter(stream)
     next(batches)  # opening the first shard
@@ -59,19 +59,18 @@ def loader_clips_per_s(cfg, shards: str, clips: int) -> float:
 
 def device_ms_per_batch(cfg, shards: str, batches: int, device: torch.device) -> float:
     from ..data.degradation import build_degradation
-    from ..data.stream import ClipStream
+    from ..data.stream import ClipStream, TrainingShards, to_device
 
     degradation = build_degradation(cfg.degradation)
-    stream = iter(ClipStream(shards, cfg.data, seed=cfg.run.seed, rank=0, world_size=1,
+    stream = iter(ClipStream(TrainingShards(shards, cfg.data, world_size=1), seed=cfg.run.seed, rank=0,
                              batch_size=cfg.data.batch_size_per_gpu, degradation=degradation))
-    held = [next(stream) for _ in range(batches)]
+    held = [to_device(next(stream), device) for _ in range(batches)]
     seconds = 0.0
     for batch in held:
-        gt = batch["gt"].to(device).float().div_(255)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         started = time.perf_counter()
-        degradation.apply(gt, batch)
+        degradation.model_input(batch)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds += time.perf_counter() - started

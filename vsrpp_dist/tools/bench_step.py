@@ -25,11 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..cli import int_at_least
 from ..config import SCALE, load_config
-from ..imresize import downscale
+from ..data.degradation import build_degradation
+from ..data.stream import to_device
 from ..model.architecture import build_model, conv_flops_per_clip
 from ..model.loss import LossWeights
 from ..training.autotune import first_photometric_weight
@@ -76,8 +78,10 @@ def bare_loop(cfg, shape: RunShape, precision: str, device: torch.device, steps:
     weights = LossWeights(cfg.loss.l1_weight, cfg.loss.ms_weight, cfg.loss.grad_weight)
     photometric_weight = first_photometric_weight(cfg)
     p = cfg.data.lr_patch_size * SCALE
-    gt = torch.rand(batch_size, cfg.model.num_frames, 3, p, p, device=device)
-    lq = downscale(gt.flatten(0, 1)).unflatten(0, gt.shape[:2])
+    gt_u8 = torch.randint(0, 256, (batch_size, cfg.model.num_frames, 3, p, p), dtype=torch.uint8)
+    degradation = build_degradation(cfg.degradation)
+    batch = degradation.synthetic_batch(gt_u8, np.random.default_rng(cfg.run.seed))
+    gt, lq = degradation.model_input(to_device(batch, device))  # made once: the loop times the step alone
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for i in range(warmup + steps):

@@ -32,12 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from ..config import SCALE, OptimConfig
+from ..data.degradation import BicubicDegradation, Degradation
+from ..data.stream import to_device
 from ..errors import AutotuneError
 from ..files import atomic_write_text
-from ..imresize import downscale
 from ..model.loss import LossWeights, photometric_weight_at
 from .builder import build_optimizer, build_training_model
 from .runtime import BatchPlan, DevicePlan, plan_batches
@@ -468,7 +470,7 @@ def is_oom_text(text: str) -> bool:
 
 class CudaStepProbe:
     """Real training steps with one candidate: a fresh model, the wrapping the trainer applies, AdamW,
-    synthetic GT clips in [0, 1] degraded with the trainer's `downscale`, and the trainer's own step
+    synthetic GT clips made into the model's input by the run's degradation, and the trainer's own step
     (step.TrainingStep: autocast in the run's precision with the alignment report, the photometric term
     at `photometric_weight`, fp16 with a GradScaler, clipping at `clip_threshold`), accumulating up to
     TRIAL_MICRO_BATCHES micro-batches when the candidate's batch plan accumulates; one warm-up step,
@@ -485,7 +487,8 @@ class CudaStepProbe:
     def __init__(self, model_cfg, loss_weights: LossWeights, lr_patch_size: int, precision: str,
                  device: torch.device | str, trial_steps: int = 3, *, extra_param_copies: int = 0,
                  optim_cfg: OptimConfig | None = None, photometric_weight: float = 0.0,
-                 clip_threshold: float = 1.0, global_batch_size: int = 0, world_size: int = 1) -> None:
+                 clip_threshold: float = 1.0, global_batch_size: int = 0, world_size: int = 1,
+                 degradation: Degradation | None = None) -> None:
         if precision not in ("bf16", "fp16", "no"):
             raise ValueError(f"precision must be bf16, fp16 or no, got {precision!r}")
         if trial_steps < 1:
@@ -502,6 +505,7 @@ class CudaStepProbe:
         self.clip_threshold = clip_threshold
         self.global_batch_size = global_batch_size
         self.world_size = world_size
+        self.degradation = degradation or BicubicDegradation()
         self._param_bytes: int | None = None
 
     @property
@@ -547,11 +551,10 @@ class CudaStepProbe:
         runner = SingleProcess(self.precision, self.device.type, accumulation.grad_accum_steps)
         step = TrainingStep(runner, model, runner.scaled(optimizer))
         gt_edge = self.lr_patch_size * SCALE
-        gen = torch.Generator(device=self.device).manual_seed(0)
-        gt_btchw = torch.rand(candidate.batch_size_per_gpu, self.model_cfg.num_frames, 3, gt_edge, gt_edge,
-                              generator=gen, device=self.device)
-        b, t = gt_btchw.shape[:2]
-        lq_btchw = downscale(gt_btchw.flatten(0, 1)).unflatten(0, (b, t))
+        gt_u8 = torch.randint(0, 256, (candidate.batch_size_per_gpu, self.model_cfg.num_frames, 3, gt_edge, gt_edge),
+                              generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+        batch = self.degradation.synthetic_batch(gt_u8, np.random.default_rng(0))
+        gt_btchw, lq_btchw = self.degradation.model_input(to_device(batch, self.device))
 
         def optimizer_step() -> None:
             step.run([(gt_btchw, lq_btchw)] * micro_batches, self.loss_weights, self.photometric_weight,
@@ -663,7 +666,7 @@ def search_settings(cfg, batch_size_per_gpu: int) -> dict[str, Any]:
 
 def autotune(cfg, device_plan: DevicePlan, run_dir: str | Path, ranks: Ranks, *, device: torch.device | str,
              log: Log = print, probe: Probe | None = None, clock: Callable[[], float] = time.monotonic,
-             batch_size_per_gpu: int | None = None) -> AutotuneResult | None:
+             batch_size_per_gpu: int | None = None, degradation: Degradation | None = None) -> AutotuneResult | None:
     """Choose the batch size and memory settings for this run, on every rank; None when there is
     nothing to tune (disabled, or CPU), after logging why.
 
@@ -711,7 +714,8 @@ def autotune(cfg, device_plan: DevicePlan, run_dir: str | Path, ranks: Ranks, *,
                               extra_param_copies=int(ranks.world_size > 1) + int(cfg.ema.enabled),
                               optim_cfg=cfg.optim, photometric_weight=first_photometric_weight(cfg),
                               clip_threshold=cfg.adaptive.clip_initial,
-                              global_batch_size=cfg.train.global_batch_size, world_size=ranks.world_size)
+                              global_batch_size=cfg.train.global_batch_size, world_size=ranks.world_size,
+                              degradation=degradation)
     cap = int(cfg.autotune.vram_cap * usable)
     log(f"auto-tune: up to {len(candidates)} settings, cap {_gb(cap)} ({cfg.autotune.vram_cap:g} of {_gb(usable)}"
         f"{' after the memory fraction' if fraction else ''}), budget {cfg.autotune.time_budget_s:g} s, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.degradation import Degradation
 from .autotune import Log, Probe, Ranks, autotune
 from .runtime import BatchPlan, DevicePlan, plan_batches
 
@@ -48,12 +49,13 @@ def configured_shape(cfg, device_plan: DevicePlan, world_size: int) -> RunShape:
 
 
 def decide_run_shape(cfg, device_plan: DevicePlan, run_dir: str | Path, ranks: Ranks, *, device,
-                     log: Log = print, probe: Probe | None = None) -> RunShape:
+                     degradation: Degradation | None = None, log: Log = print, probe: Probe | None = None) -> RunShape:
     """The shape of this run, the same on every rank: the configured one, or auto-tune's choice starting
-    from it (on every rank, before the model exists: the trials need the GPU to themselves)."""
+    from it (on every rank, before the model exists: the trials need the GPU to themselves; they make
+    their input with the run's `degradation`)."""
     proposed = configured_shape(cfg, device_plan, ranks.world_size)
     tuned = autotune(cfg, device_plan, run_dir, ranks, device=device, log=log, probe=probe,
-                     batch_size_per_gpu=proposed.batches.batch_size_per_gpu)
+                     batch_size_per_gpu=proposed.batches.batch_size_per_gpu, degradation=degradation)
     if tuned is None:
         return proposed
     return RunShape(tuned.batch_plan, tuned.chosen.activation_checkpointing, tuned.chosen.channels_last,

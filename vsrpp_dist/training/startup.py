@@ -11,14 +11,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from ..config import Config, ConfigError, architecture_of, config_to_dict, dump_config
-from ..data.degradation import build_degradation
+from ..data.degradation import Degradation, for_scoring, for_training
 from ..data.locations import Location, RetryPolicy
-from ..data.stream import ClipStream
+from ..data.stream import TrainingShards
 from ..data.validation_set import ValidationSet
 from ..errors import CheckpointError, ShardFormatError, StartError
 from ..files import atomic_write_text
@@ -72,33 +71,31 @@ def check_memory_fits(cfg: Config, plan: DevicePlan) -> None:
 
 @dataclass(frozen=True)
 class RunData:
-    """The run's data, opened once: this rank's clip stream (not yet cut into batches: the batch size
-    is known after auto-tune), the validation set, if any, and how input frames are made from GT."""
+    """The run's data, opened and checked once: the training shards (the stream over them is built once
+    the batch size and the resume point are known), the validation set, if any, and how each one's input
+    frames are made."""
 
-    stream: ClipStream
+    shards: TrainingShards
+    degradation: Degradation
     validation_set: ValidationSet | None
-    degradation: Any
+    validation_degradation: Degradation | None
 
     def summaries(self) -> tuple[dict | None, dict | None]:
         """The training and validation sets as a model card describes them."""
-        return (data_summary(self.stream.manifest),
+        return (data_summary(self.shards.manifest),
                 data_summary(self.validation_set.manifest) if self.validation_set is not None else None)
 
 
-def open_data(cfg: Config, *, rank: int, world_size: int) -> RunData:
+def open_data(cfg: Config, *, world_size: int) -> RunData:
     """The data settings checked from the manifests; a problem names the config key at fault."""
     if not cfg.data.train_shards:
         raise ConfigError("data.train_shards: not set; give the folder `python -m vsrpp_dist.pack` wrote")
-    degradation = build_degradation(cfg.degradation)
     try:
-        stream = ClipStream(cfg.data.train_shards, cfg.data, seed=cfg.run.seed, rank=rank, world_size=world_size,
-                            batch_size=1, degradation=degradation)
+        shards = TrainingShards(cfg.data.train_shards, cfg.data, world_size=world_size)
     except ShardFormatError as err:
         raise ConfigError(f"data.train_shards: {err}") from None
-    if stream.has_lr and degradation.kind != "bicubic":
-        raise ConfigError(f"degradation.kind: {degradation.kind} makes the input frames from GT, but "
-                          f"{stream.folder} was packed with real LR frames; pack GT only, or use degradation.kind=bicubic")
-    validation_set = None
+    degradation = for_training(cfg.degradation, packed_lr=shards.has_lr, folder=shards.folder)
+    validation_set = validation_degradation = None
     if cfg.data.val_shards and cfg.validation.every:
         try:
             # read with the run's retry and timeout settings, as the training shards are
@@ -106,7 +103,8 @@ def open_data(cfg: Config, *, rank: int, world_size: int) -> RunData:
                                            cfg.validation.max_sequences)
         except ShardFormatError as err:
             raise ConfigError(f"data.val_shards: {err}") from None
-    return RunData(stream, validation_set, degradation)
+        validation_degradation = for_scoring(cfg.degradation, packed_lr=validation_set.has_lr)
+    return RunData(shards, degradation, validation_set, validation_degradation)
 
 
 def will_resume(run_dir: Path, request: StartRequest) -> bool:

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from ..config import Config
-from ..data.stream import end_loader_workers, train_loader
+from ..data.stream import ClipStream, end_loader_workers, to_device, train_loader
 from ..errors import RankLostError, TrainingError
 from ..model.architecture import count_parameters
 from ..model.loss import photometric_weight_at
@@ -64,7 +64,7 @@ class Trainer:
         self.accelerator = acc = Accelerator(mixed_precision=self.device_plan.mixed_precision)
         apply_device_plan(acc, self.device_plan)
         check_memory_fits(cfg, self.device_plan)
-        data = open_data(cfg, rank=acc.process_index, world_size=acc.num_processes)
+        data = open_data(cfg, world_size=acc.num_processes)
         self.degradation = data.degradation
         self.run_dir = Path(cfg.run.dir).absolute()
         # A new run's starting weights are read and matched before the run directory is touched; a
@@ -96,7 +96,7 @@ class Trainer:
 
         # Before the model exists: auto-tune's trials need the GPU to themselves (and leave the RNG untouched).
         self.shape = decide_run_shape(cfg, self.device_plan, self.run_dir, Ranks.from_accelerator(acc),
-                                      device=acc.device, log=self.observer.info)
+                                      device=acc.device, degradation=data.degradation, log=self.observer.info)
         self.batches = self.shape.batches
 
         set_seed(cfg.run.seed)
@@ -135,7 +135,7 @@ class Trainer:
         self.contents.register(state=self.state, schedule=self.schedule, adaptive=self.adaptive,
                                checkpoints=self.checkpoints, ema=self.ema, provenance=self.contents)
         self.validator = (Validator(data.validation_set, cfg.validation, acc, self.observer,
-                                    degradation=data.degradation, seed=cfg.run.seed)
+                                    degradation=data.validation_degradation, seed=cfg.run.seed)
                           if data.validation_set is not None else None)
         self.report = Report(cfg, self.observer, acc, run_dir=self.run_dir, state=self.state, batches=self.batches,
                              adaptive=self.adaptive, checkpoints=self.checkpoints)
@@ -149,8 +149,11 @@ class Trainer:
         self.observer.info(self.shape.describe())
         if unreachable := self.shape.unreachable_global_batch():
             self.observer.warn(unreachable)
-        self.loader = train_loader(data.stream.batched(self.batches.batch_size_per_gpu, self.state.batches_consumed),
-                                   cfg.data, pin_memory=cfg.data.pin_memory and acc.device.type == "cuda")
+        # The stream, once its batch size (the run's shape) and its first batch (a resume's) are known.
+        stream = ClipStream(data.shards, seed=cfg.run.seed, rank=acc.process_index,
+                            batch_size=self.batches.batch_size_per_gpu, start_batch=self.state.batches_consumed,
+                            degradation=data.degradation)
+        self.loader = train_loader(stream, cfg.data, pin_memory=cfg.data.pin_memory and acc.device.type == "cuda")
         self.signals: StopSignals | None = None
 
     # ------------------------------------------------------------------------------------------------
@@ -252,7 +255,7 @@ class Trainer:
                 raise
             data_wait += time.perf_counter() - fetch
             skipped = [a + b for a, b in zip(skipped, batch["skipped"])]
-            gt_btchw, lq_btchw = self._to_device(batch)
+            gt_btchw, lq_btchw = self.degradation.model_input(to_device(batch, acc.device))
             parts = self.training_step.micro_batch(gt_btchw, lq_btchw, weights, photometric_weight)
             sums += torch.stack([parts[k].detach().float() for k in StepStats.PARTS])
         # acc.sync_gradients is True here: DDP has averaged the gradients over ranks.
@@ -283,16 +286,6 @@ class Trainer:
         self.state.batches_consumed += self.batches.grad_accum_steps
         self.state.train_seconds += time.perf_counter() - started
         return StepResult(stats, finite, reduced["stop"] > 0, data_wait, learning_rate, phase)
-
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        device = self.accelerator.device
-        gt_btchw = batch["gt"].to(device, non_blocking=True).float().div_(255)
-        if "lr" in batch:  # real LR frames were packed
-            lq_btchw = batch["lr"].to(device, non_blocking=True).float().div_(255)
-        else:  # bicubic x3, or the realistic pipeline with the draws the stream made for each clip
-            lq_btchw = self.degradation.apply(gt_btchw, batch)
-        return gt_btchw, lq_btchw
-
 
     def _maybe_validate(self, final: bool) -> dict[str, float] | None:
         step = self.state.step

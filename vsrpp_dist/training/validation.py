@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from torchvision.utils import make_grid
 
-from ..data.degradation import degrade_sequence
-from ..data.validation_set import ValidationSet
+from ..data.degradation import BicubicDegradation, Degradation
+from ..data.validation_set import ValidationSet, ValSequence
 from ..data.windows import window_indices
 from ..errors import ShardFormatError
-from ..imresize import downscale, upscale
+from ..imresize import upscale
 from ..metrics import psnr, ssim
 from ..temporal_metrics import GroundTruthTrack, TemporalTrack
 
@@ -69,19 +69,22 @@ class SequencePairs:
         return [self.bicubic.tde[-1], self.model.tde[-1], *tof]
 
 
-class FixedDegradedSet:
-    """The validation set's input frames under a realistic degradation, made once per sequence (its
-    frames degraded as one video, with a draw seeded by the run's seed and the sequence's index) and
-    kept as 8-bit frames on the host."""
+class InputFrames:
+    """Each validation sequence's input frames, made once per run (as one video, drawn from (run.seed,
+    sequence) where the degradation is random) and kept as 8-bit frames on the host, a ninth of the GT's
+    bytes: every validation of the run scores the same input, and a realistic set is degraded only once."""
 
-    def __init__(self, degradation, seed: int) -> None:
+    def __init__(self, degradation: Degradation, seed: int) -> None:
         self.degradation = degradation
         self.seed = seed
         self.cache: dict[int, torch.Tensor] = {}
 
-    def frames(self, seq, device: torch.device) -> torch.Tensor:
+    def of(self, seq: ValSequence, device: torch.device) -> torch.Tensor:
+        """(N, 3, H/3, W/3) uint8 on the host."""
         if seq.index not in self.cache:
-            self.cache[seq.index] = degrade_sequence(self.degradation, seq.gt, self.seed, seq.index, device)
+            pairs = zip(seq.gt, seq.lr if seq.lr is not None else [None] * len(seq.gt))
+            made = self.degradation.sequence(pairs, seed=self.seed, index=seq.index, device=device)
+            self.cache[seq.index] = torch.stack([lq for _, lq in made])
         return self.cache[seq.index]
 
 
@@ -96,15 +99,14 @@ def score(sr: torch.Tensor, gt: torch.Tensor, crop_border: int) -> list[torch.Te
 
 
 class Validator:
-    def __init__(self, dataset: ValidationSet, cfg, accelerator, observer, *, degradation=None, seed: int = 0) -> None:
+    def __init__(self, dataset: ValidationSet, cfg, accelerator, observer, *, degradation: Degradation | None = None,
+                 seed: int = 0) -> None:
+        """`degradation`: how the set's input frames are made (data.degradation.for_scoring); bicubic if None."""
         self.cfg = cfg
         self.accelerator = accelerator
         self.observer = observer
         self.dataset = dataset
-        # realistic runs: each sequence degraded once, with a draw seeded by (run.seed, sequence), and kept,
-        # so that every validation of the run scores the same input frames
-        self.degraded = FixedDegradedSet(degradation, seed) if degradation is not None and \
-            degradation.kind != "bicubic" else None
+        self.inputs = InputFrames(degradation or BicubicDegradation(), seed)
         self._reported_damaged: set[int] = set()
         seqs = self.dataset.sequences
         observer.info(f"validation set: {len(seqs)} sequences, {sum(s['num_frames'] for s in seqs)} frames "
@@ -149,17 +151,8 @@ class Validator:
         n = seq.gt.shape[0]
         windows = [window_indices(f, n) for f in frames]
         gt_centre = seq.gt[frames].to(device).float().div_(255)
-        if seq.lr is not None:
-            lq_clips = torch.stack([seq.lr[w] for w in windows]).to(device).float().div_(255)
-        elif self.degraded is not None:
-            lq_frames = self.degraded.frames(seq, device)
-            lq_clips = torch.stack([lq_frames[w] for w in windows]).to(device).float().div_(255)
-        else:
-            # Each frame is degraded once even when it sits in several windows.
-            needed = sorted({i for w in windows for i in w})
-            lq_frames = downscale(seq.gt[needed].to(device).float().div_(255))
-            where = {frame: k for k, frame in enumerate(needed)}
-            lq_clips = torch.stack([lq_frames[[where[i] for i in w]] for w in windows])
+        lq_frames = self.inputs.of(seq, device)
+        lq_clips = torch.stack([lq_frames[w] for w in windows]).to(device).float().div_(255)
         with self.accelerator.autocast():
             sr = model(lq_clips).float().clamp_(0, 1)
         bicubic = upscale(lq_clips[:, 2]).clamp_(0, 1)
