@@ -16,7 +16,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
-__all__ = ["rgb_to_y", "psnr", "ssim", "sequence_means", "mean_of_sequence_means"]
+__all__ = ["rgb_to_y", "psnr", "ssim", "sequence_means", "mean_of_sequence_means", "to_uint8"]
 
 # ITU-R BT.601 luma for [0, 1] RGB, studio range, as MATLAB's rgb2ycbcr: Y in [16, 235] / 255.
 _Y_OFFSET = 16.0
@@ -27,6 +27,12 @@ _SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
 _C1 = (0.01 * 255) ** 2
 _C2 = (0.03 * 255) ** 2
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> uint8 on the CPU, clipped and rounded (halves to even) as `quantize` does below:
+    exact for frames already on the 1/255 grid (every degradation's output is)."""
+    return x.clamp(0, 1).mul(255).round_().to(torch.uint8).cpu()
 
 
 def rgb_to_y(x_bchw: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ a run that uses it (codec stage on)."""
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import pytest
 import torch
@@ -238,6 +239,21 @@ def test_no_caller_asks_which_degradation_it_holds():
     assert found == []
 
 
+def test_the_realistic_variant_pickles_after_its_thread_pool_exists():
+    """Auto-tune's probe may apply it on a GPU (which starts its thread pool) before the loader's workers
+    receive it inside the stream: under spawn or forkserver it is pickled then, without the pool."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = realistic()
+    d._pool = ThreadPoolExecutor(max_workers=1)
+    copy = pickle.loads(pickle.dumps(d))
+    assert copy._pool is None and d._pool is not None
+    a, b = (x.draw(np.random.default_rng(1), 5) for x in (d, copy))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    d._pool.shutdown()
+
+
 # -- bad values --------------------------------------------------------------------------------------
 
 
@@ -301,17 +317,20 @@ def test_a_realistic_run_resumes_exactly_with_the_codec_on(train_shards, val_sha
 
 def test_the_validation_set_is_degraded_once_and_the_same_every_time(val_shards):
     from vsrpp_dist.data.validation_set import ValidationSet
-    from vsrpp_dist.training.validation import InputFrames
+    from vsrpp_dist.training.validation import SequenceInputs
 
     def degraded(seed, seq):
         return torch.stack([lq for _, lq in d.sequence(zip(seq.gt, [None] * len(seq.gt)), seed=seed, index=seq.index,
                                                        device=torch.device("cpu"))])
 
     d = realistic()
-    fixed = InputFrames(d, seed=4)
+    fixed = SequenceInputs(d, seed=4)
     seq = next(iter(ValidationSet(val_shards)))
-    first = fixed.of(seq, torch.device("cpu"))
-    assert fixed.of(seq, torch.device("cpu")) is first  # made once
+    first = fixed.frames(seq, torch.device("cpu"))
+    assert fixed.frames(seq, torch.device("cpu")) is first  # made once: the codec costs
+    cheap = SequenceInputs(D.BicubicDegradation(), seed=4)
+    assert torch.equal(cheap.frames(seq, torch.device("cpu")), cheap.frames(seq, torch.device("cpu")))
+    assert cheap.kept == {}  # bicubic is made again each time: nothing held for the run
     assert torch.equal(first, degraded(4, seq))
     assert not torch.equal(first, degraded(5, seq))
     assert first.dtype == torch.uint8 and first.shape[-2:] == (seq.gt.shape[-2] // 3, seq.gt.shape[-1] // 3)

@@ -241,6 +241,35 @@ def test_a_damaged_validation_frame_skips_its_sequence_and_the_run_finishes(png_
     assert log.count("validation: sequence 0 skipped, it has a damaged frame") == 1  # said once, not per validation
 
 
+def test_a_validation_frame_missing_its_packed_lr_skips_its_sequence(tmp_path, capsys):
+    """In a set packed with real LR every sample carries it: one without is damaged, never scored on
+    some other input (validation and evaluate skip the sequence; the rest is scored on its LR)."""
+    from PIL import Image
+
+    from vsrpp_dist.data.pack_command import main as pack
+    from vsrpp_dist.tools.demo_data import write_frame_folders
+
+    write_frame_folders(tmp_path / "gt", sequences=2, frames=6, frame_hw=(48, 48), seed=7, photos=("coffee", "chelsea"))
+    for frame in sorted((tmp_path / "gt").rglob("*.png")):
+        lr = tmp_path / "lr" / frame.relative_to(tmp_path / "gt")
+        lr.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(frame).resize((16, 16), Image.BOX).save(lr)
+    assert pack(["--val", str(tmp_path / "gt"), str(tmp_path / "packed"), "--lr", str(tmp_path / "lr"),
+                 "--codec", "png"]) == 0
+    val = copy_shards(tmp_path / "packed", tmp_path / "val",
+                      member=lambda name, data: None if name == "s000000f000003.lr.png" else data)
+    dataset = ValidationSet(val)
+    assert [s.index for s in dataset] == [1]
+    assert list(dataset.damaged) == [0] and "lr.png" in dataset.damaged[0]
+    weights = save_weights(tmp_path / WEIGHTS_FILE, seed=0)
+    capsys.readouterr()
+    code, _, err = run(capsys, evaluate, "--checkpoint", weights, "--data", val, "--json", tmp_path / "e.json",
+                       "--quiet")
+    assert code == 0, err
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["skipped_damaged"] == ["000"] and report["lr"] == "real LR frames packed with the set"
+
+
 def test_evaluate_skips_a_damaged_sequence_and_scores_the_rest(png_val, tmp_path, capsys):
     val = damage_first_sequence(png_val, tmp_path / "val")
     weights = save_weights(tmp_path / "w" / WEIGHTS_FILE)

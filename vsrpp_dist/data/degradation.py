@@ -11,8 +11,9 @@ Each variant answers the same three questions, one per place where input is made
                             their streams draw what they always drew)
     apply(gt_btchw, batch)  on the training device, per batch: the model's input from the GT clips and
                             the batch's other fields (the draws, the packed LR frames)
-    sequence(frames, ...)   validation and evaluate: a whole sequence's input, made as one video with a
-                            draw seeded by (seed, sequence index); 8-bit frames on the host
+    sequence(frames, ...)   validation and evaluate: a whole sequence's input, 8-bit frames on the host
+                            (bicubic: frame by frame, streamed; realistic: the sequence as one video, drawn
+                            from (seed, sequence index); real LR: the frames given)
 
 Written once on top of them: `model_input` (the step's GT and input from a batch on the device) and
 `synthetic_batch` (a batch as the stream delivers it, made from GT alone: auto-tune's probe and `bench
@@ -29,19 +30,20 @@ import numpy as np
 import torch
 
 from ..config import ConfigError, DegradationConfig
+from ..errors import ShardFormatError
 from ..imresize import downscale
+from ..metrics import to_uint8
 
 # A frame pair of a sequence, uint8 (3, H, W) on the host: GT, and the real LR frame if the data has one.
 FramePair = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Frames in [0, 1] on the 1/255 grid (every variant's output is) as uint8 on the host, exactly."""
-    return x.mul(255).round_().to(torch.uint8).cpu()
-
-
 class Degradation(ABC):
     """The protocol; see the module docstring."""
+
+    # Whether validation keeps a sequence's input for the whole run rather than making it at every
+    # validation: worth it only where making it costs (a ninth of the GT's bytes, held per rank).
+    keep_sequences = False
 
     def draw(self, rng: np.random.Generator, frames: int) -> dict[str, torch.Tensor]:
         """Every random choice for one clip of `frames` frames; none by default."""
@@ -104,8 +106,8 @@ class RealLowRes(Degradation):
     def sequence(self, frames: Iterable[FramePair], *, seed: int, index: int,
                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for gt, lr in frames:
-            if lr is None:  # the data said it holds LR frames (for_training, for_scoring): a bug, not input
-                raise RuntimeError(f"sequence {index}: a GT frame without its real LR frame")
+            if lr is None:  # a validation set packed with LR skips such a sequence as damaged before this
+                raise ShardFormatError(f"sequence {index}: a GT frame without its real LR frame")
             yield gt, lr
 
     def describe(self, seed: int) -> str:

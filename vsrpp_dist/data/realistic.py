@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from ..config import KERNEL_SHAPES, MAX_KERNEL_SIZE, SCALE, ConfigError, DegradationConfig
-from .degradation import Degradation, FramePair, to_uint8
+from ..metrics import to_uint8
+from .degradation import Degradation, FramePair
 
 RESIZE_MODES = ("bilinear", "area", "bicubic")
 MIN_SIZE = 16  # every intermediate frame keeps at least this edge (and an even size, for yuv420p)
@@ -361,10 +362,17 @@ def video_codec(planes: np.ndarray, codec: str, control: str, rate: float) -> np
 
 
 class RealisticDegradation(Degradation):
+    keep_sequences = True  # a sequence through the codec costs seconds: validation degrades it once
+
     def __init__(self, cfg: DegradationConfig) -> None:
         self.cfg = cfg
         check_codecs(cfg)
         self._pool: ThreadPoolExecutor | None = None
+
+    def __getstate__(self) -> dict:
+        # The stream carries this object to its loader workers, maybe after auto-tune's probe made the
+        # pool: a thread pool does not pickle (spawn, forkserver), and a worker only draws.
+        return {**self.__dict__, "_pool": None}
 
     def draw(self, rng: np.random.Generator, frames: int) -> dict[str, torch.Tensor]:
         """Every random choice for one clip of `frames` frames, from the stream's per-clip generator."""

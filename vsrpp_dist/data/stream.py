@@ -259,13 +259,13 @@ class TrainingShards:
     """A packed training set opened and checked once, before the run directory is touched, for this run's
     ranks and workers: its manifest, where its shards lie, and what the streams over it need to know."""
 
-    def __init__(self, folder: str | Path, data_cfg, *, world_size: int, scale: int = 3) -> None:
+    def __init__(self, folder: str | Path, data_cfg, *, world_size: int) -> None:
         self.location = Location(folder, RetryPolicy.from_data_config(data_cfg))
         self.manifest = fmt.read_split_manifest(self.location, "train", "data.train_shards")
         self.folder = self.manifest["_folder"]  # where, for messages (masked)
         self.cfg = data_cfg
         self.world_size = world_size
-        self.gt_patch = data_cfg.lr_patch_size * scale
+        self.gt_patch = data_cfg.lr_patch_size * fmt.SCALE
         self.codec = self.manifest["codec"]
         self.has_lr = bool(self.manifest.get("has_lr"))  # real LR frames were packed beside GT
         self.workers = max(1, data_cfg.num_workers)
@@ -314,19 +314,17 @@ class ClipStream(IterableDataset):
         self.cfg = shards.cfg
         self.seed = seed
         self.rank = rank
-        self.world_size = shards.world_size
-        self.workers = shards.workers
         self.batch_size = batch_size
         self.start_batch = start_batch
         self.degradation = degradation  # draws each clip's degradation from the clip's own generator
         self.clip_timings = clip_timings
-        self.plan = EpochPlan(shards.shard_samples, seed, self.world_size * self.workers)
+        self.plan = EpochPlan(shards.shard_samples, seed, shards.world_size * shards.workers)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         physical, workers = (info.id, info.num_workers) if info else (0, 1)
-        if workers != self.workers:
-            raise DataStreamError(f"stream built for {self.workers} workers runs on {workers}")
+        if workers != self.shards.workers:
+            raise DataStreamError(f"stream built for {self.shards.workers} workers runs on {workers}")
         logical = (physical + self.start_batch) % workers
         stream = self.rank * workers + logical
         skip_batches = max(0, (self.start_batch - logical + workers - 1) // workers)
@@ -349,9 +347,9 @@ class ClipStream(IterableDataset):
 
     def _warn_shards_are_read_several_times(self) -> None:
         """Once per run (rank 0, its first worker): too few shards cost bytes, over the network above all."""
-        m, streams = self.plan.modulus, self.plan.num_streams
-        warnings.warn(f"{self.shards.folder}: {len(self.plan.shard_samples)} shards for {self.world_size} ranks x "
-                      f"{self.workers} workers = {streams} streams: each shard is read by {m} streams, each keeping "
+        m, streams, shards = self.plan.modulus, self.plan.num_streams, self.shards
+        warnings.warn(f"{shards.folder}: {len(self.plan.shard_samples)} shards for {shards.world_size} ranks x "
+                      f"{shards.workers} workers = {streams} streams: each shard is read by {m} streams, each keeping "
                       f"1 sample in {m} ({m}x the bytes read, over the network too); pack with a smaller "
                       f"--shard-size for at least {streams} shards", RuntimeWarning, stacklevel=3)
 

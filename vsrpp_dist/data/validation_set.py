@@ -73,8 +73,9 @@ class ValidationSet:
                 gt_hw = tuple(by_index[seq]["frame_size"])
                 gt = fmt.decode_frame(sample[f"gt.{self.codec}"], self.codec, gt_hw)
                 lr_field = f"lr.{self.codec}"
+                # a set packed with LR has it in every sample: a sample without it is damaged (KeyError)
                 lr = fmt.decode_frame(sample[lr_field], self.codec, (gt_hw[0] // fmt.SCALE, gt_hw[1] // fmt.SCALE)) \
-                    if lr_field in sample else None
+                    if self.has_lr else None
                 frames.append((int(meta["frame"]), gt, lr))
             except (fmt.ShardFormatError, KeyError, TypeError, ValueError, RuntimeError) as err:
                 broken = f"{sample.get('__key__')}: {type(err).__name__}: {err}"

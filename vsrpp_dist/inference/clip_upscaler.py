@@ -166,7 +166,3 @@ class ClipUpscaler:
                      for a, p in pairs}
         return feats, flows
 
-
-def to_uint8(sr_bchw: torch.Tensor) -> torch.Tensor:
-    """[0, 1] floats -> uint8 on the CPU, rounded (halves to even) as the metrics' `quantize` does."""
-    return sr_bchw.clamp(0, 1).mul(255).round_().to(torch.uint8).cpu()

@@ -12,7 +12,9 @@ D is a folder of GT sequences in any layout `pack` understands (REDS, Vid4, Vime
 list, any nesting; video files count as sequences too) or a validation set written by `pack --val`
 (a folder with manifest.json). LR frames are made from GT with MATLAB's bicubic x3 (`imresize`,
 rounded to 8 bits after each pass, the "BI" protocol), or read from LR_DIR: the same layout, paired by
-relative path, each frame exactly a third of its GT frame.
+relative path, each frame exactly a third of its GT frame; a set packed with `pack --val --lr` is scored
+on its own LR frames. `--degradation realistic` makes them from GT with the realistic training
+degradation instead (data/degradation.py says how each way is made).
 
 GT frames whose height or width is not a multiple of 3 are cropped at the bottom/right (with a note)
 so that GT and the x3 output line up pixel for pixel; with --lr they must be exact multiples.
@@ -50,10 +52,11 @@ from ..data.windows import sliding_windows
 from ..errors import InferenceError
 from ..files import atomic_write_text
 from ..imresize import upscale
+from ..metrics import to_uint8
 from ..temporal_metrics import PROTOCOL as TEMPORAL_PROTOCOL
 from ..training.validation import score
 from .arguments import add_inference_arguments
-from .clip_upscaler import ClipUpscaler, to_uint8
+from .clip_upscaler import ClipUpscaler
 from .comparison import (
     BICUBIC,
     SequenceScores,
@@ -85,11 +88,12 @@ def build_parser():
                              "set written by `pack --val` (holds manifest.json; also s3://, gs://, http(s)://, "
                              "pipe:)")
     parser.add_argument("--lr", metavar="LR_DIR",
-                        help="real LR frames, laid out like D and paired by relative path (default: MATLAB "
-                             "bicubic x3 of GT, rounded to 8 bits)")
+                        help="real LR frames, laid out like D and paired by relative path (default: a packed set's "
+                             "own LR frames, else MATLAB bicubic x3 of GT, rounded to 8 bits)")
     parser.add_argument("--degradation", choices=("bicubic", "realistic"), default="bicubic",
-                        help="how LR is made from GT: MATLAB bicubic x3 (default), or the realistic training "
-                             "degradation (default ranges), each sequence degraded once as one video")
+                        help="how LR is made from GT where the data has none: MATLAB bicubic x3 (default), or "
+                             "the realistic training degradation (default ranges), each sequence degraded once "
+                             "as one video (realistic also replaces a packed set's own LR frames)")
     parser.add_argument("--seed", type=int_at_least(0), default=0, metavar="S",
                         help="seed of the realistic degradation (sequence i draws from (S, i), as a run with "
                              "run.seed=S validates)")
@@ -259,7 +263,7 @@ class SequenceScorer:
         self.device = device
         self.crop_border = crop_border
         self.batch = batch
-        self.degradation = degradation  # how every sequence's input frames are made (input_frames)
+        self.degradation = degradation  # how every sequence's input frames are made (degradation_for)
         self.seed = seed
 
     def frames(self, job: Job, index: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -399,7 +403,7 @@ def data_location(text: str) -> Location:
         raise InferenceError(f"--data {err}") from None
 
 
-def input_frames(args, jobs: list[Job]) -> Degradation:
+def degradation_for(args, jobs: list[Job]) -> Degradation:
     """How the model's input frames are made: GT degraded when --degradation realistic asks for it (the
     default ranges); else the real LR frames given (--lr, or a set packed with them); else MATLAB bicubic
     x3 of GT."""
@@ -407,7 +411,7 @@ def input_frames(args, jobs: list[Job]) -> Degradation:
         return build_degradation(build(DegradationConfig, {"kind": "realistic"}, "degradation."))
     if args.lr:
         return RealLowRes(args.lr)
-    if jobs and jobs[0].exact_lr:
+    if jobs and all(job.exact_lr for job in jobs):  # a set packed with LR: every sequence has it
         return RealLowRes("real LR frames packed with the set")
     return BicubicDegradation()
 
@@ -427,7 +431,7 @@ def main(argv=None) -> int:
     else:
         jobs = folder_jobs(args.data, args.lr, args.limit)
     check_outputs(args, jobs)
-    degradation = input_frames(args, jobs)
+    degradation = degradation_for(args, jobs)
     for job in jobs:
         if job.gt_hw is not None:  # the rest (videos) are checked when their first frame arrives
             gt_crop(job, args.crop_border)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..imresize import upscale as bicubic_upscale
-from .clip_upscaler import to_uint8
+from ..metrics import to_uint8
 
 LAYOUTS = ("side", "split")
 LABEL_FONT_PX = 14

@@ -45,8 +45,9 @@ from ..cli import OneLineParser, frame_rate, note, run_cli
 from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, cut_short_warning, scan_source
 from ..data.windows import sliding_windows
 from ..errors import InferenceError
+from ..metrics import to_uint8
 from .arguments import add_checkpoint_argument, add_inference_arguments
-from .clip_upscaler import ClipUpscaler, to_uint8
+from .clip_upscaler import ClipUpscaler
 from .device import resolve_device, reuse_freed_memory, time_cudnn_algorithms_per_shape
 from .loading import load_model
 from .media import SourceMedia, probe

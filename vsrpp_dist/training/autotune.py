@@ -472,7 +472,8 @@ class CudaStepProbe:
     """Real training steps with one candidate: a fresh model, the wrapping the trainer applies, AdamW,
     synthetic GT clips made into the model's input by the run's degradation, and the trainer's own step
     (step.TrainingStep: autocast in the run's precision with the alignment report, the photometric term
-    at `photometric_weight`, fp16 with a GradScaler, clipping at `clip_threshold`), accumulating up to
+    at `photometric_weight`, fp16 with a GradScaler, clipping at `clip_threshold`; the input is made once
+    per trial, so a realistic run's codec stage costs each trial a little of the time budget), accumulating up to
     TRIAL_MICRO_BATCHES micro-batches when the candidate's batch plan accumulates; one warm-up step,
     then `trial_steps` timed ones.
 

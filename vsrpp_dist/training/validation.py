@@ -69,23 +69,26 @@ class SequencePairs:
         return [self.bicubic.tde[-1], self.model.tde[-1], *tof]
 
 
-class InputFrames:
-    """Each validation sequence's input frames, made once per run (as one video, drawn from (run.seed,
-    sequence) where the degradation is random) and kept as 8-bit frames on the host, a ninth of the GT's
-    bytes: every validation of the run scores the same input, and a realistic set is degraded only once."""
+class SequenceInputs:
+    """Each validation sequence's input frames, made by the run's degradation from (run.seed, sequence):
+    every validation of the run scores the same input. A costly one (the realistic codec) is made once
+    and kept as 8-bit frames on the host, a ninth of the GT's bytes; a cheap one again each time."""
 
     def __init__(self, degradation: Degradation, seed: int) -> None:
         self.degradation = degradation
         self.seed = seed
-        self.cache: dict[int, torch.Tensor] = {}
+        self.kept: dict[int, torch.Tensor] = {}
 
-    def of(self, seq: ValSequence, device: torch.device) -> torch.Tensor:
+    def frames(self, seq: ValSequence, device: torch.device) -> torch.Tensor:
         """(N, 3, H/3, W/3) uint8 on the host."""
-        if seq.index not in self.cache:
-            pairs = zip(seq.gt, seq.lr if seq.lr is not None else [None] * len(seq.gt))
-            made = self.degradation.sequence(pairs, seed=self.seed, index=seq.index, device=device)
-            self.cache[seq.index] = torch.stack([lq for _, lq in made])
-        return self.cache[seq.index]
+        if seq.index in self.kept:
+            return self.kept[seq.index]
+        pairs = zip(seq.gt, seq.lr if seq.lr is not None else [None] * len(seq.gt))
+        made = torch.stack([lq for _, lq in self.degradation.sequence(pairs, seed=self.seed, index=seq.index,
+                                                                        device=device)])
+        if self.degradation.keep_sequences:
+            self.kept[seq.index] = made
+        return made
 
 
 def score(sr: torch.Tensor, gt: torch.Tensor, crop_border: int) -> list[torch.Tensor]:
@@ -106,7 +109,7 @@ class Validator:
         self.accelerator = accelerator
         self.observer = observer
         self.dataset = dataset
-        self.inputs = InputFrames(degradation or BicubicDegradation(), seed)
+        self.inputs = SequenceInputs(degradation or BicubicDegradation(), seed)
         self._reported_damaged: set[int] = set()
         seqs = self.dataset.sequences
         observer.info(f"validation set: {len(seqs)} sequences, {sum(s['num_frames'] for s in seqs)} frames "
@@ -128,9 +131,10 @@ class Validator:
             # the frame before the share: restored only as the earlier frame of the share's first pair
             order = ([mine.start - 1] if mine and mine.start > 0 else []) + list(mine)
             pairs = SequencePairs(self.cfg.crop_border, self.cfg.tof)
+            lq_frames = self.inputs.frames(seq, device)
             for start in range(0, len(order), self.cfg.batch_size):
                 frames = order[start:start + self.cfg.batch_size]
-                rows += self._score_frames(model, seq, frames, mine, pairs, step, device)
+                rows += self._score_frames(model, seq, lq_frames, frames, mine, pairs, step, device)
             padding = [float(seq.index), 0.0, 0.0, 0.0] + [0.0] * (ROW_LENGTH - ROW_HEAD)
             rows += [padding] * (per_rank - len(mine))
         for index, reason in self.dataset.damaged.items():  # skipped whole, on every rank alike
@@ -147,11 +151,11 @@ class Validator:
                                    "the validation set again, or train without it (data.val_shards='')")
         return self._summarise(table, self.cfg.tof)
 
-    def _score_frames(self, model, seq, frames, mine: range, pairs: SequencePairs, step, device) -> list[list[float]]:
+    def _score_frames(self, model, seq, lq_frames: torch.Tensor, frames, mine: range, pairs: SequencePairs, step,
+                      device) -> list[list[float]]:
         n = seq.gt.shape[0]
         windows = [window_indices(f, n) for f in frames]
         gt_centre = seq.gt[frames].to(device).float().div_(255)
-        lq_frames = self.inputs.of(seq, device)
         lq_clips = torch.stack([lq_frames[w] for w in windows]).to(device).float().div_(255)
         with self.accelerator.autocast():
             sr = model(lq_clips).float().clamp_(0, 1)
