@@ -236,6 +236,20 @@ def test_provenance_chain_and_model_card(base_run, train_shards, val_shards, tmp
     assert model["sha256"] == read_weights(final).sha256 and model["provenance"] == chain and model["step"] == 2
 
 
+def test_a_model_card_says_real_lr_pairs_were_the_input_when_they_were():
+    """Shards packed with real LR are the input as they are, whatever degradation.kind says."""
+    from vsrpp_dist.config import load_config
+    from vsrpp_dist.training.model_card import render
+
+    data = {"location": "shards", "sequences": 4, "frames": 56, "codec": "webp", "sources": [], "real_lr": True}
+    common = dict(step=2, parameters=10, ema=False, provenance=[], val_data=None, validation=None, run_dir="run")
+    paired = render(load_config(None), train_data=data, **common)
+    assert "input frames: the real LR frames packed with the training data" in paired and "real-lr-pairs" in paired
+    assert "degradation-bicubic" not in paired
+    made = render(load_config(None), train_data={**data, "real_lr": False}, **common)
+    assert "made from the ground truth): bicubic" in made and "degradation-bicubic" in made
+
+
 # -- bad input: one line, no run directory --------------------------------------------------------------------
 
 

@@ -28,10 +28,12 @@ def data_summary(manifest: dict | None) -> dict | None:
 def render(cfg: Config, *, step: int, parameters: int, ema: bool, provenance: list[dict], train_data: dict | None,
            val_data: dict | None, validation: dict | None, run_dir: str) -> str:
     m = cfg.model
+    # shards packed with real LR are the input as they are (data.degradation.for_training)
+    real_lr = bool(train_data and train_data["real_lr"])
     front: dict[str, Any] = {
         "library_name": "vsrpp-dist",
         "tags": ["video-super-resolution", "super-resolution", f"x{SCALE}", f"alignment-{m.alignment}",
-                 f"degradation-{cfg.degradation.kind}"],
+                 "real-lr-pairs" if real_lr else f"degradation-{cfg.degradation.kind}"],
         "pipeline_tag": "image-to-image",
     }
     if provenance:
@@ -54,6 +56,7 @@ def render(cfg: Config, *, step: int, parameters: int, ema: bool, provenance: li
              f"- steps: {step} of {cfg.train.total_steps}; {cfg.data.batch_size_per_gpu} clips per GPU, LR patches "
              f"{cfg.data.lr_patch_size}x{cfg.data.lr_patch_size}; peak learning rate {cfg.optim.lr_peak:g}, "
              f"warm-up {cfg.optim.warmup_steps} steps; seed {cfg.run.seed}",
+             "- input frames: the real LR frames packed with the training data" if real_lr else
              f"- degradation (how the input frames were made from the ground truth): {cfg.degradation.kind}"]
     lines += ["", "## Data", ""]
     for title, summary in (("training", train_data), ("validation", val_data)):
