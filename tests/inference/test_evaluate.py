@@ -23,30 +23,12 @@ from vsrpp_dist.metrics import psnr
 from vsrpp_dist.weights import WEIGHTS_FILE
 
 from ..helpers import ROOT, OneProcess, Quiet, read_pngs, run, save_weights
-
-GT_HW = (72, 90)  # LR 24x30
-FRAMES = 6
+from .gt_set import FRAMES, GT_HW, load_gt
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
     return save_weights(tmp_path_factory.mktemp("weights") / WEIGHTS_FILE, seed=1)
-
-
-@pytest.fixture(scope="module")
-def gt_root(tmp_path_factory) -> Path:
-    """Two REDS-style GT sequences of 6 frames at 72x90 rendered from real photos."""
-    from vsrpp_dist.tools.demo_data import write_frame_folders
-
-    root = tmp_path_factory.mktemp("gt")
-    write_frame_folders(root, sequences=2, frames=FRAMES, frame_hw=GT_HW, seed=5, photos=("coffee", "astronaut"))
-    return root
-
-
-def load_gt(folder: Path) -> torch.Tensor:
-    """(N, 3, H, W) uint8."""
-    frames = [np.array(Image.open(p)) for p in sorted(folder.glob("*.png"))]
-    return torch.stack([torch.from_numpy(f).permute(2, 0, 1) for f in frames])
 
 
 def lr_of(gt_nchw: torch.Tensor) -> torch.Tensor:

@@ -19,29 +19,13 @@ from vsrpp_dist.inference import evaluate
 from vsrpp_dist.temporal_metrics import sequence_tde, sequence_tof
 
 from ..helpers import run, save_weights
-
-GT_HW = (72, 90)
-FRAMES = 6
+from .gt_set import FRAMES, load_gt
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> list[Path]:
     folder = tmp_path_factory.mktemp("weights")
     return [save_weights(folder / "a" / "weights.pt", seed=1), save_weights(folder / "b" / "weights.pt", seed=2)]
-
-
-@pytest.fixture(scope="module")
-def gt_root(tmp_path_factory) -> Path:
-    from vsrpp_dist.tools.demo_data import write_frame_folders
-
-    root = tmp_path_factory.mktemp("gt")
-    write_frame_folders(root, sequences=2, frames=FRAMES, frame_hw=GT_HW, seed=5, photos=("coffee", "astronaut"))
-    return root
-
-
-def load_gt(folder: Path) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1)
-                        for p in sorted(folder.glob("*.png"))])
 
 
 def evaluate_json(capsys, path: Path, *argv) -> tuple[dict, str, str]:
