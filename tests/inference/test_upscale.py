@@ -18,7 +18,8 @@ from PIL import Image
 from vsrpp_dist.config import ModelConfig, config_to_dict
 from vsrpp_dist.inference import upscale
 from vsrpp_dist.data.windows import sliding_windows, window_indices
-from vsrpp_dist.inference.clip_upscaler import ClipUpscaler, to_uint8
+from vsrpp_dist.inference.clip_upscaler import ClipUpscaler
+from vsrpp_dist.metrics import to_uint8
 from vsrpp_dist.inference.device import time_cudnn_algorithms_per_shape
 from vsrpp_dist.inference.loading import load_model
 from vsrpp_dist.inference.tiles import tile_spans
