@@ -35,21 +35,18 @@ def demo_frames(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def train_shards(demo_frames, tmp_path_factory) -> Path:
-    from vsrpp_dist.data.pack_command import main as pack
+    from .helpers import pack_training_shards
 
-    out = tmp_path_factory.mktemp("shards") / "train"
-    assert pack([str(demo_frames), str(out), "--min-tile", "48", "--frames-per-sample", "7",
-                 "--shard-size", "150K"]) == 0
-    return out
+    return pack_training_shards(demo_frames, tmp_path_factory.mktemp("shards") / "train")
 
 
 @pytest.fixture(scope="session")
 def val_shards(tmp_path_factory) -> Path:
     from vsrpp_dist.data.pack_command import main as pack
-    from vsrpp_dist.tools.demo_data import write_frame_folders
 
-    frames = tmp_path_factory.mktemp("val_frames")
-    write_frame_folders(frames, sequences=2, frames=6, frame_hw=(48, 48), seed=7, photos=("coffee", "chelsea"))
+    from .helpers import write_validation_frames
+
+    frames = write_validation_frames(tmp_path_factory.mktemp("val_frames"))
     out = tmp_path_factory.mktemp("shards") / "val"
     assert pack(["--val", str(frames), str(out)]) == 0
     return out

@@ -29,6 +29,23 @@ FIXTURES = ROOT / "tests" / "fixtures"
 TINY_MODEL = dict(channels=8, extract_blocks=1, propagation_blocks=1, reconstruction_blocks=1, upsample_channels=8)
 
 
+def pack_training_shards(frames: Path, out: Path, *options: str) -> Path:
+    """The shared training shards' packing (conftest.train_shards) of `frames`, with more `options`."""
+    from vsrpp_dist.data.pack_command import main as pack
+
+    assert pack([str(frames), str(out), "--min-tile", "48", "--frames-per-sample", "7", "--shard-size", "150K",
+                 *options]) == 0
+    return out
+
+
+def write_validation_frames(root: Path) -> Path:
+    """The shared validation footage (conftest.val_shards): 2 sequences of 6 frames, 48x48, real photos."""
+    from vsrpp_dist.tools.demo_data import write_frame_folders
+
+    write_frame_folders(root, sequences=2, frames=6, frame_hw=(48, 48), seed=7, photos=("coffee", "chelsea"))
+    return root
+
+
 def make_config(run_dir, train_shards, val_shards, *overrides):
     return load_config(TINY, [f"run.dir={run_dir}", f"data.train_shards={train_shards}",
                               f"data.val_shards={val_shards}", *overrides])

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 import pytest
 
-from vsrpp_dist.cli import byte_size, frame_rate, gigabytes, int_at_least, names_from
+from vsrpp_dist.cli import byte_size, frame_rate, frame_size, gigabytes, int_at_least, names_from
 
 
 def test_frame_rates_are_exact_fractions():
@@ -16,6 +16,13 @@ def test_frame_rates_are_exact_fractions():
     for text, reason in (("fast", "not a frame rate"), ("1/0", "not a frame rate"), ("0", "must be positive")):
         with pytest.raises(argparse.ArgumentTypeError, match=reason):
             frame_rate(text)
+
+
+def test_frame_sizes_are_width_by_height_and_come_back_as_height_width():
+    assert frame_size()("320x180") == (180, 320) and frame_size(8)("64X48") == (48, 64)
+    for text, reason in (("320", "give WxH"), ("axb", "give WxH"), ("4x48", "at least 8")):
+        with pytest.raises(argparse.ArgumentTypeError, match=reason):
+            frame_size(8)(text)
 
 
 def test_names_from_a_list_keep_the_order_once_each():

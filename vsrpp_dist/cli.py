@@ -99,6 +99,20 @@ def frame_rate(text: str) -> Fraction:
     return fps.limit_denominator(1_000_000)
 
 
+def frame_size(min_side: int = 1) -> Callable[[str], tuple[int, int]]:
+    """An argparse `type` for a frame size given as WxH ('64x48'), both sides at least `min_side`;
+    returns (H, W), the order tensors use."""
+    def parse(text: str) -> tuple[int, int]:
+        try:
+            w, h = (int(v) for v in text.lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: give WxH, e.g. 64x48") from None
+        if w < min_side or h < min_side:
+            raise argparse.ArgumentTypeError(f"{text!r}: both sides must be at least {min_side}")
+        return h, w
+    return parse
+
+
 def names_from(choices: Sequence[str]) -> Callable[[str], list[str]]:
     """An argparse `type` for a comma-separated list of names from `choices` (at least one; each once, in
     the order given)."""

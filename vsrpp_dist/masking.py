@@ -40,8 +40,10 @@ _PATTERNS: list[tuple[re.Pattern, str]] = [
 _HEADER_NAME = rf"(?:proxy-authorization|authorization|cookie|set-cookie|[A-Za-z0-9-]*{_SECRET_WORD}[A-Za-z0-9-]*)"
 # in quotes ('Authorization: Bearer x y'): up to the closing quote
 _QUOTED_HEADER = re.compile(rf"(['\"]\s*{_HEADER_NAME}\s*:\s*)([^'\"\n]+)", re.IGNORECASE)
+# the authentication schemes a header value may start with (kept: only what follows is the secret)
+_AUTH_SCHEMES = ("Bearer", "Basic", "Token", "Digest", "Negotiate")
 # unquoted (Authorization:Bearer\ x): the scheme word, if any, and the credential
-_BARE_HEADER = re.compile(rf"(\b{_HEADER_NAME}\s*:\s*)((?:(?:Bearer|Basic|Token|Digest|Negotiate)\\?\s+)?[^\s'\"]+)",
+_BARE_HEADER = re.compile(rf"(\b{_HEADER_NAME}\s*:\s*)((?:(?:{'|'.join(_AUTH_SCHEMES)})\\?\s+)?[^\s'\"]+)",
                           re.IGNORECASE)
 # NAME=value, --password=value: the value
 _ASSIGNMENT = re.compile(rf"(\b{_SECRET_NAME}=)([^\s'\"&]+|'[^']*'|\"[^\"]*\")", re.IGNORECASE)
@@ -62,11 +64,9 @@ def _keep_variables(match: re.Match) -> str:
 def _header(match: re.Match) -> str:
     head, value = match.group(1), match.group(2)
     words = value.split()
-    if words and all(_VARIABLE.match(w) or w == MASK or w.rstrip("\\") in
-                     ("Bearer", "Basic", "Token", "Digest", "Negotiate") for w in words):
+    if words and all(_VARIABLE.match(w) or w == MASK or w.rstrip("\\") in _AUTH_SCHEMES for w in words):
         return head + value  # "Bearer $TOKEN": expanded by the shell, not written here
-    scheme = words[0] if len(words) > 1 and words[0].rstrip("\\") in ("Bearer", "Basic", "Token", "Digest",
-                                                                       "Negotiate") else ""
+    scheme = words[0] if len(words) > 1 and words[0].rstrip("\\") in _AUTH_SCHEMES else ""
     return head + (f"{scheme} " if scheme else "") + MASK
 
 

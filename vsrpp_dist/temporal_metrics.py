@@ -98,38 +98,11 @@ def _y_255(rgb_chw_u8: torch.Tensor, crop_border: int) -> torch.Tensor:
 
 
 @dataclass
-class TemporalTrack:
-    """One output stream of a sequence, fed frame by frame in order; pairs its frames with the GT's.
-
-    The GT's grey frames and flows are the same for every output stream of a sequence, so they live in
-    a `GroundTruthTrack` that the streams share: a frame's GT flow is computed once however many
-    models are scored (`step` takes it).
-    """
-
-    crop_border: int = 0
-    with_tof: bool = True
-    tof: list[float] = field(default_factory=list)  # per pair (t-1, t), t = 1..n-1
-    tde: list[float] = field(default_factory=list)
-    _prev_grey: np.ndarray | None = field(default=None, init=False, repr=False)
-    _prev_y: torch.Tensor | None = field(default=None, init=False, repr=False)
-
-    def step(self, output_chw_u8: torch.Tensor, gt: GroundTruthTrack) -> None:
-        """Add the next frame (8-bit RGB (3, H, W), any device); `gt` must already hold its GT frame."""
-        y = _y_255(output_chw_u8, self.crop_border)
-        if self._prev_y is not None:
-            self.tde.append(float(((y - self._prev_y) - gt.y_change).abs().mean()))
-        self._prev_y = y
-        if self.with_tof:
-            g = grey(output_chw_u8.permute(1, 2, 0).cpu().numpy())
-            if self._prev_grey is not None:
-                self.tof.append(tof_of_flows(farneback_flow(self._prev_grey, g), gt.flow))
-            self._prev_grey = g
-
-
-@dataclass
 class GroundTruthTrack:
-    """The GT side of `TemporalTrack`: its previous frame's grey and Y, and the latest pair's flow and
-    Y change."""
+    """Consecutive frames' changes, fed frame by frame in order: after each frame, the change of its Y
+    from the previous frame's and (with_tof) the optical flow between them. The GT's are the same for
+    every output stream of a sequence, so one GroundTruthTrack is shared by them all: a frame's GT flow is
+    computed once however many models are scored."""
 
     crop_border: int = 0
     with_tof: bool = True
@@ -138,14 +111,38 @@ class GroundTruthTrack:
     _prev_grey: np.ndarray | None = field(default=None, init=False, repr=False)
     _prev_y: torch.Tensor | None = field(default=None, init=False, repr=False)
 
-    def step(self, gt_chw_u8: torch.Tensor) -> None:
-        y = _y_255(gt_chw_u8, self.crop_border)
+    def step(self, frame_chw_u8: torch.Tensor) -> None:
+        """Add the next frame (8-bit RGB (3, H, W), any device)."""
+        y = _y_255(frame_chw_u8, self.crop_border)
         self.y_change = None if self._prev_y is None else y - self._prev_y
         self._prev_y = y
         if self.with_tof:
-            g = grey(gt_chw_u8.permute(1, 2, 0).cpu().numpy())
+            g = grey(frame_chw_u8.permute(1, 2, 0).cpu().numpy())
             self.flow = None if self._prev_grey is None else farneback_flow(self._prev_grey, g)
             self._prev_grey = g
+
+
+@dataclass
+class TemporalTrack:
+    """One output stream of a sequence, fed frame by frame in order: its own frames' changes (the same
+    bookkeeping as the GT's), compared per pair with the shared GT track's."""
+
+    crop_border: int = 0
+    with_tof: bool = True
+    tof: list[float] = field(default_factory=list)  # per pair (t-1, t), t = 1..n-1
+    tde: list[float] = field(default_factory=list)
+    _own: GroundTruthTrack = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._own = GroundTruthTrack(self.crop_border, self.with_tof)
+
+    def step(self, output_chw_u8: torch.Tensor, gt: GroundTruthTrack) -> None:
+        """Add the next frame (8-bit RGB (3, H, W), any device); `gt` must already hold its GT frame."""
+        self._own.step(output_chw_u8)
+        if self._own.y_change is not None:
+            self.tde.append(float((self._own.y_change - gt.y_change).abs().mean()))
+        if self._own.flow is not None:
+            self.tof.append(tof_of_flows(self._own.flow, gt.flow))
 
 
 def _check_sequences(output_nchw: torch.Tensor, gt_nchw: torch.Tensor) -> None:

@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from pathlib import Path
@@ -58,12 +57,11 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, args.overrides)
 
     from vsrpp_dist.training.run_dir import StartRequest
+    from vsrpp_dist.training.runtime import restart_count
     from vsrpp_dist.training.trainer import Trainer
 
-    # torch elastic numbers the attempts of a job it restarts (accelerate launch --max_restarts N)
-    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
     trainer = Trainer(cfg, StartRequest(resume=args.resume, fresh=args.fresh, auto_resume=args.auto_resume,
-                                        restart=restart))
+                                        restart=restart_count()))
     try:
         code = trainer.train()
     finally:

@@ -26,26 +26,21 @@ from vsrpp_dist.errors import ShardFormatError
 from vsrpp_dist.inference import evaluate
 from vsrpp_dist.weights import WEIGHTS_FILE
 
-from ..helpers import ROOT, TINY, copy_shards, make_config, read_scalars, run, save_weights, train
+from ..helpers import (ROOT, TINY, copy_shards, make_config, pack_training_shards, read_scalars, run, save_weights,
+                       train, write_validation_frames)
 
 
 @pytest.fixture(scope="module")
 def png_train(demo_frames, tmp_path_factory) -> Path:
-    from vsrpp_dist.data.pack_command import main as pack
-
-    out = tmp_path_factory.mktemp("png") / "train"
-    assert pack([str(demo_frames), str(out), "--min-tile", "48", "--frames-per-sample", "7", "--shard-size", "150K",
-                 "--codec", "png"]) == 0
-    return out
+    """The shared training shards, their frames stored as PNG (the codec whose decoder the checks guard)."""
+    return pack_training_shards(demo_frames, tmp_path_factory.mktemp("png") / "train", "--codec", "png")
 
 
 @pytest.fixture(scope="module")
 def png_val(tmp_path_factory) -> Path:
     from vsrpp_dist.data.pack_command import main as pack
-    from vsrpp_dist.tools.demo_data import write_frame_folders
 
-    frames = tmp_path_factory.mktemp("png_val_frames")
-    write_frame_folders(frames, sequences=2, frames=6, frame_hw=(48, 48), seed=7, photos=("coffee", "chelsea"))
+    frames = write_validation_frames(tmp_path_factory.mktemp("png_val_frames"))
     out = tmp_path_factory.mktemp("png") / "val"
     assert pack(["--val", str(frames), str(out), "--codec", "png"]) == 0
     return out
@@ -247,9 +242,8 @@ def test_a_validation_frame_missing_its_packed_lr_skips_its_sequence(tmp_path, c
     from PIL import Image
 
     from vsrpp_dist.data.pack_command import main as pack
-    from vsrpp_dist.tools.demo_data import write_frame_folders
 
-    write_frame_folders(tmp_path / "gt", sequences=2, frames=6, frame_hw=(48, 48), seed=7, photos=("coffee", "chelsea"))
+    write_validation_frames(tmp_path / "gt")
     for frame in sorted((tmp_path / "gt").rglob("*.png")):
         lr = tmp_path / "lr" / frame.relative_to(tmp_path / "gt")
         lr.parent.mkdir(parents=True, exist_ok=True)

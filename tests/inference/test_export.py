@@ -96,7 +96,7 @@ def test_failed_export_or_check_writes_nothing(tmp_path, capsys, monkeypatch):
     assert len(err.strip().splitlines()[-1]) > 0 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == [weights]
 
-    def unsupported(module, example, path, opset):
+    def unsupported(module, example, path, opset, metadata):
         Path(path).write_bytes(b"half a model")
         raise RuntimeError("no ONNX symbolic for aten::something")
 

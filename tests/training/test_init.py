@@ -236,6 +236,14 @@ def test_provenance_chain_and_model_card(base_run, train_shards, val_shards, tmp
     assert model["sha256"] == read_weights(final).sha256 and model["provenance"] == chain and model["step"] == 2
 
 
+def test_every_module_group_can_be_frozen_by_name():
+    """init.freeze's choices (config.py, which the model cannot import) are the model's module groups."""
+    from vsrpp_dist.config import FREEZABLE_GROUPS
+    from vsrpp_dist.model.architecture import MODULE_GROUPS
+
+    assert tuple(MODULE_GROUPS) == FREEZABLE_GROUPS
+
+
 def test_a_model_card_says_real_lr_pairs_were_the_input_when_they_were():
     """Shards packed with real LR are the input as they are, whatever degradation.kind says."""
     from vsrpp_dist.config import load_config

@@ -41,9 +41,10 @@ FramePair = tuple[torch.Tensor, "torch.Tensor | None"]
 class Degradation(ABC):
     """The protocol; see the module docstring."""
 
-    # Whether validation keeps a sequence's input for the whole run rather than making it at every
-    # validation: worth it only where making it costs (a ninth of the GT's bytes, held per rank).
-    keep_sequences = False
+    # Whether a frame's input depends on that frame alone (bicubic, real LR): then `sequence` may be given
+    # any subset of a sequence's frames, and validation makes only those a rank scores, at each validation.
+    # A variant that makes the sequence as one video (realistic) gets it whole; validation keeps its input.
+    frame_by_frame = True
 
     def draw(self, rng: np.random.Generator, frames: int) -> dict[str, torch.Tensor]:
         """Every random choice for one clip of `frames` frames; none by default."""

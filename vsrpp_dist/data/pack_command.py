@@ -65,13 +65,9 @@ from .shard_format import (
     SCALE,
     read_manifest,
 )
-from .sources import Sequence, SequenceError, Source, count_frames, cut_short_warning, scan_source
+from .sources import Sequence, SequenceError, Source, cut_short_warning, probe_frames, scan_source
 
 PROG = "python -m vsrpp_dist.pack"
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-EXIT_TERMINATED = 143  # 128 + SIGTERM
-
-
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -372,7 +368,8 @@ def encode_all(plan: Plan, out: Path, sink: ShardSink, options: PackOptions, wor
                quiet: bool) -> tuple[list[dict], list[dict]]:
     """Encode every candidate (segments in parallel) and append the usable ones to the shards in
     order; returns the manifest's sequence entries and the skipped inputs."""
-    known = [count_frames(c.seq) for c in plan.candidates]
+    counts = [probe_frames(c.seq) for c in plan.candidates]
+    known = [count.expected for count in counts]
     tasks = [SegmentTask(i, k, c.seq, c.lr, start, end, str(out / f"spool-{i:06d}-{k:03d}{PARTIAL_SUFFIX}"))
              for i, (c, n) in enumerate(zip(plan.candidates, known))
              for k, (start, end) in enumerate(plan_segments(n, c.seq.kind, options.frames_per_sample, workers))]
@@ -382,6 +379,7 @@ def encode_all(plan: Plan, out: Path, sink: ShardSink, options: PackOptions, wor
                        disable=quiet, dynamic_ncols=True, smoothing=0.1) as progress:
         # closing(): on Ctrl-C or an error the workers are stopped now, not when the traceback is freed
         with closing(run_tasks(tasks, options, workers, progress)) as reports:
+            indexed = {id(c): count.indexed for c, count in zip(plan.candidates, counts)}
             for candidate, segment_reports in _by_sequence(plan.candidates, tasks, reports):
                 try:
                     result = combine_segments(segment_reports)
@@ -392,7 +390,7 @@ def encode_all(plan: Plan, out: Path, sink: ShardSink, options: PackOptions, wor
                 index = len(sequences)
                 sink.add_sequence(index, candidate.name, result)
                 sequences.append(_sequence_entry(index, candidate, result))
-                if (warning := cut_short_warning(candidate.seq, result.num_frames)) is not None:
+                if (warning := cut_short_warning(candidate.seq, result.num_frames, indexed[id(candidate)])) is not None:
                     sequences[-1]["warning"] = warning  # in the manifest, and said at the end (summary_lines)
     return sequences, skipped
 
@@ -537,8 +535,8 @@ def _pack_or_verify(argv: list[str] | None) -> int:
     try:
         manifest = pack(srcs, destination, args.lr, options, args.workers, args.vimeo_list, args.quiet)
     except KeyboardInterrupt:
-        code = stop.exit_code or EXIT_INTERRUPTED  # raised without a signal (a library's): as Ctrl-C
-        what = "terminated" if code == EXIT_TERMINATED else "interrupted"
+        code = stop.exit_code or 128 + signal.SIGINT  # raised without a signal (a library's): as Ctrl-C
+        what = "terminated" if stop.received == "SIGTERM" else "interrupted"
         raise Stopped(f"{what}; nothing complete was written to {out} ({left} before packing into it again)",
                       code) from None
     except BrokenProcessPool:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import fractions
 import io
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import KERNEL_SHAPES, MAX_KERNEL_SIZE, SCALE, ConfigError, DegradationConfig
+from ..files import usable_cores
 from ..metrics import to_uint8
 from .degradation import Degradation, FramePair
 
@@ -362,7 +362,7 @@ def video_codec(planes: np.ndarray, codec: str, control: str, rate: float) -> np
 
 
 class RealisticDegradation(Degradation):
-    keep_sequences = True  # a sequence through the codec costs seconds: validation degrades it once
+    frame_by_frame = False  # one video: drift and codec run across the sequence (costly: validation keeps it)
 
     def __init__(self, cfg: DegradationConfig) -> None:
         self.cfg = cfg
@@ -394,7 +394,7 @@ class RealisticDegradation(Degradation):
         if b == 1 or gt_btchw.device.type == "cpu":  # on the CPU the threads would only share its cores
             return torch.stack([self.degrade_clip(gt_btchw[i], plans, i) for i in range(b)])
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+            self._pool = ThreadPoolExecutor(max_workers=min(4, usable_cores()),
                                             thread_name_prefix="degradation")
         # One clip per thread: the device work is queued from each, the codecs run side by side.
         return torch.stack(list(self._pool.map(lambda i: self.degrade_clip(gt_btchw[i], plans, i), range(b))))

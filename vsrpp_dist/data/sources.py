@@ -239,47 +239,47 @@ def _scan_list(path: Path, split: str, vimeo_list: str, depth: int) -> Source:
 # -- reading frames ----------------------------------------------------------------------------------
 
 
-def count_frames(seq: Sequence) -> int | None:
-    """Frame count without decoding: exact for folders, the container's claim (or None) for videos."""
+@dataclass(frozen=True)
+class FrameCount:
+    """What is known of a sequence's length before decoding it: `expected`, exact for folders, a video's
+    claim (its index, else its duration x rate) or None; and `indexed`, the count a video's index declares
+    (MP4's sample table, an AVI's index), None for folders and containers that keep only a duration.
+    Decoding fewer frames than `indexed` means the file was cut short behind an intact index."""
+
+    expected: int | None
+    indexed: int | None = None
+
+
+def probe_frames(seq: Sequence) -> FrameCount:
+    """The sequence's FrameCount, with one look into a video's container."""
     if seq.kind == "frames":
-        return len(seq.frames)
+        return FrameCount(len(seq.frames))
     try:
         import av
 
         with av.open(seq.path) as container:
             stream = container.streams.video[0]
             if stream.frames:
-                return int(stream.frames)
+                return FrameCount(int(stream.frames), int(stream.frames))
             rate = stream.average_rate or stream.guessed_rate
             if stream.duration and stream.time_base and rate:
-                return int(round(float(stream.duration * stream.time_base * rate)))
+                return FrameCount(int(round(float(stream.duration * stream.time_base * rate))))
             if container.duration and rate:  # Matroska/WebM keep only the container's duration
-                return int(round(container.duration / av.time_base * float(rate)))
+                return FrameCount(int(round(container.duration / av.time_base * float(rate))))
     except Exception:  # the packer reports a video that cannot be opened when it decodes it
-        return None
-    return None
+        pass
+    return FrameCount(None)
 
 
-def indexed_frame_count(seq: Sequence) -> int | None:
-    """The frame count a video's index declares (MP4's sample table, an AVI's index), None where the
-    container keeps none (only a duration to estimate from) or for frame folders. Decoding fewer frames
-    than this means the file was cut short behind an intact index (readers say so)."""
-    if seq.kind != "video":
-        return None
-    try:
-        import av
-
-        with av.open(seq.path) as container:
-            return int(container.streams.video[0].frames) or None
-    except Exception:  # a video that cannot be opened is reported where it is decoded
-        return None
+def count_frames(seq: Sequence) -> int | None:
+    """Frame count without decoding: exact for folders, the container's claim (or None) for videos."""
+    return probe_frames(seq).expected
 
 
-def cut_short_warning(seq: Sequence, decoded: int) -> str | None:
-    """The line that says a video ended before its index does, or None. A warning, not an error: the
-    frames that were decoded are complete and right, and the user may well want them; what must not
-    happen is a silent loss, so the line names both counts."""
-    declared = indexed_frame_count(seq)
+def cut_short_warning(seq: Sequence, decoded: int, declared: int | None) -> str | None:
+    """The line that says a video ended before its index (`declared`: FrameCount.indexed) does, or None.
+    A warning, not an error: the frames that were decoded are complete and right, and the user may well
+    want them; what must not happen is a silent loss, so the line names both counts."""
     if declared is None or decoded >= declared:
         return None
     return (f"{seq.path}: its index declares {declared} frames but only {decoded} could be decoded (the file is "

@@ -59,7 +59,7 @@ class SequenceScores:
 
     labels: list[str]  # the streams' keys: bicubic first, then the models
     crop_border: int
-    frames: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    frames: dict[str, dict[str, list[float]]] = field(init=False)
     gt_track: GroundTruthTrack = field(init=False)
     tracks: dict[str, TemporalTrack] = field(init=False)
 
@@ -116,11 +116,15 @@ def best_label(streams: dict[str, dict], metric: str) -> str | None:
     return pick(scored, key=lambda item: item[1])[0]
 
 
+def decimals(metric: str) -> int:
+    """Digits a metric is shown with (tables, the report): SSIM and the temporal errors 4, PSNR 3."""
+    return 4 if metric.endswith("ssim") or metric in LOWER_IS_BETTER else 3
+
+
 def _cell(value: float | None, metric: str, best: bool) -> str:
     if value is None:
         return f"{'-':>8} "
-    digits = 4 if metric.endswith("ssim") or metric in LOWER_IS_BETTER else 3
-    return f"{value:8.{digits}f}{'*' if best else ' '}"
+    return f"{value:8.{decimals(metric)}f}{'*' if best else ' '}"
 
 
 def format_streams_table(rows: list[dict], names: dict[str, str]) -> str:

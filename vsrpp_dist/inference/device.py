@@ -51,6 +51,13 @@ def reuse_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
+def prepare_process_for_inference(device: torch.device) -> None:
+    """The process-wide settings every inference command (upscale, evaluate, bench upscale) applies once,
+    before its first frame: the allocator's, and cuDNN's algorithm timing on a GPU."""
+    reuse_freed_memory()
+    time_cudnn_algorithms_per_shape(device)
+
+
 def time_cudnn_algorithms_per_shape(device: torch.device) -> None:
     """On a GPU, let cuDNN time its convolution algorithms for each new input shape and keep the fastest
     (`cudnn.benchmark`): an inference run sees one tile shape (or one frame size), so it pays that once.

@@ -31,7 +31,6 @@ training validation and BasicSR's BasicVSR configs for REDS4/Vid4; some papers c
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -50,7 +49,7 @@ from ..data.sources import Sequence, scan_source
 from ..data.validation_set import ValidationSet
 from ..data.windows import sliding_windows
 from ..errors import InferenceError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, usable_cores
 from ..imresize import upscale
 from ..metrics import to_uint8
 from ..temporal_metrics import PROTOCOL as TEMPORAL_PROTOCOL
@@ -68,7 +67,7 @@ from .comparison import (
     stream_keys,
     summarise,
 )
-from .device import resolve_device, reuse_freed_memory, time_cudnn_algorithms_per_shape
+from .device import prepare_process_for_inference, resolve_device
 from .loading import LoadedModel, load_model
 from .readers import frame_size_of_folder, read_frames_chw
 from .report import ReportCollector, check_report_folder, write_report
@@ -440,8 +439,7 @@ def main(argv=None) -> int:
                              f"{len(args.checkpoint)}")
     if args.report:
         check_report_folder(Path(args.report), args.overwrite)
-    reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
-    time_cudnn_algorithms_per_shape(device)
+    prepare_process_for_inference(device)
     models = load_models(args.checkpoint, device)
     lr_origin = degradation.describe(args.seed)
     print(f"{len(jobs)} sequence{'s' if len(jobs) != 1 else ''} from {data}; LR: {lr_origin}; "
@@ -464,7 +462,7 @@ def main(argv=None) -> int:
             saver = None
             if args.save:
                 saver = BackgroundWriter(PngFolder(Path(args.save) / folders[index], job.frame_name),
-                                         threads=min(4, os.cpu_count() or 1), max_pending=8)
+                                         threads=min(4, usable_cores()), max_pending=8)
             try:
                 per_sequence[job.name] = scorer.run(job, saver, progress, index, collector)
             except DamagedSequence as err:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cli import OneLineParser, int_at_least, run_cli
+from ..cli import OneLineParser, frame_size, int_at_least, run_cli
 from ..errors import InferenceError
 from .arguments import add_checkpoint_argument
 from .loading import load_model
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--onnx", required=True, metavar="FILE", help="where to write the ONNX model (.onnx)")
     parser.add_argument("--opset", type=int_at_least(16), default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}; grid_sample needs 16 or more)")
-    parser.add_argument("--size", default="64x48", metavar="WxH",
+    parser.add_argument("--size", type=frame_size(8), default="64x48", metavar="WxH",
                         help="LR size of the example windows traced and verified (default 64x48)")
     parser.add_argument("--frames", metavar="DIR", help="a folder of real LR frames to verify on (the first 5)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
@@ -79,26 +79,18 @@ def _absent(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def example_frame_size(text: str) -> tuple[int, int]:
-    """--size WxH, the LR frame size the graph is traced with, as (H, W)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise InferenceError(f"--size {text}: give WxH, e.g. 64x48") from None
-    if w < 8 or h < 8:
-        raise InferenceError(f"--size {text}: both sides must be at least 8")
-    return h, w
-
-
-def export_onnx(module: nn.Module, example_btchw: torch.Tensor, path: Path, opset: int) -> None:
-    """torch.onnx's dynamo exporter with batch, height and width dynamic."""
+def export_onnx(module: nn.Module, example_btchw: torch.Tensor, path: Path, opset: int,
+                metadata: dict[str, str]) -> None:
+    """torch.onnx's dynamo exporter with batch, height and width dynamic; `metadata` goes into the
+    model's metadata_props before the file is written (once)."""
     dynamic = torch.export.Dim.DYNAMIC
     # onnxscript's optimizer fails on the flow variants' split of a dynamic batch (constant folding of
     # SplitToSequence); onnxruntime optimises the graph itself when it loads it
-    torch.onnx.export(module, (example_btchw,), str(path), dynamo=True, input_names=["lq_btchw"],
-                      output_names=["sr_bchw"], opset_version=opset, optimize=False, verbose=False,
-                      external_data=False,  # one self-contained file (weights inside), renamed as a whole
-                      dynamic_shapes={"lq_btchw": {0: dynamic, 3: dynamic, 4: dynamic}})
+    program = torch.onnx.export(module, (example_btchw,), None, dynamo=True, input_names=["lq_btchw"],
+                                output_names=["sr_bchw"], opset_version=opset, optimize=False, verbose=False,
+                                dynamic_shapes={"lq_btchw": {0: dynamic, 3: dynamic, 4: dynamic}})
+    program.model.metadata_props.update(metadata)
+    program.save(str(path), external_data=False)  # one self-contained file (weights inside), renamed as a whole
 
 
 def real_window(folder: str, hw: tuple[int, int]) -> torch.Tensor:
@@ -135,17 +127,12 @@ def verify(module: nn.Module, path: Path, cases: list[tuple[str, torch.Tensor]])
     return results
 
 
-def record_source(path: Path, loaded) -> None:
-    """The ONNX file's metadata_props name the weights it was exported from (sha256, step, the chain of
-    models their training started from), so a deployed model can be traced back to its run."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
+def source_metadata(loaded) -> dict[str, str]:
+    """The ONNX file's metadata_props: the weights it was exported from (sha256, step, the chain of models
+    their training started from), so a deployed model can be traced back to its run."""
     identity = loaded.identity()
-    props = {"vsrpp.source": json.dumps({k: v for k, v in identity.items() if k != "provenance"}),
-             "vsrpp.provenance": json.dumps(identity["provenance"])}
-    onnx.helper.set_model_props(model, props)
-    onnx.save(model, str(path))
+    return {"vsrpp.source": json.dumps({k: v for k, v in identity.items() if k != "provenance"}),
+            "vsrpp.provenance": json.dumps(identity["provenance"])}
 
 
 def main(argv=None) -> int:
@@ -158,7 +145,7 @@ def main(argv=None) -> int:
     if out.exists() and not args.overwrite:
         raise InferenceError(f"--onnx {out}: exists; choose another name or pass --overwrite")
     require_export_tools()
-    h, w = example_frame_size(args.size)
+    h, w = args.size
     loaded = load_model(args.checkpoint, torch.device("cpu"))
     print(loaded.describe(), file=sys.stderr)
     module = ClampedUpscaler(loaded.model).eval()
@@ -171,7 +158,7 @@ def main(argv=None) -> int:
     tmp = out.with_name(f".{out.stem}.partial-{os.getpid()}{out.suffix}")
     try:
         try:
-            export_onnx(module, example, tmp, args.opset)
+            export_onnx(module, example, tmp, args.opset, source_metadata(loaded))
         except Exception as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise InferenceError(f"alignment {alignment}: the model cannot be exported to ONNX opset {args.opset} "
@@ -184,7 +171,6 @@ def main(argv=None) -> int:
             cases.append((f"real frames of {args.frames}", real_window(args.frames, (h, w))))
         else:
             print("  (random windows only; --frames DIR verifies on real frames too)", file=sys.stderr)
-        record_source(tmp, loaded)
         results = verify(module, tmp, cases)
         for name, diff in results:
             print(f"  {name}: max |onnxruntime - PyTorch| = {diff:.3g}")

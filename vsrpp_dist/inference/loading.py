@@ -57,9 +57,7 @@ class LoadedModel:
 
 def model_config_from_dict(values: dict, where: str) -> ModelConfig:
     """The checkpoint's model_config, validated by the config loader (unknown keys, another scale or
-    architecture are refused with the key named)."""
-    if not isinstance(values, dict):
-        raise CheckpointError(f"{where}: has no model_config")
+    architecture are refused with the key named; read_weights has refused a missing one)."""
     values = with_legacy_values(values)  # weights from before a key existed
     try:
         return build(ModelConfig, values, "model.")

@@ -26,7 +26,7 @@ import torch
 
 from ..files import atomic_write_text
 from ..errors import InferenceError
-from .comparison import ALL_METRICS, BICUBIC, HEADINGS, LOWER_IS_BETTER, SequenceScores, best_label
+from .comparison import ALL_METRICS, BICUBIC, HEADINGS, SequenceScores, best_label, decimals
 
 GT = "GT"
 CROP_SIZE = 96  # output pixels per side (less where the frame is smaller)
@@ -154,7 +154,7 @@ def _psnr_plot(folder: Path, name: str, seq: SequenceVisuals, names: dict[str, s
 def _format(value: float | None, metric: str) -> str:
     if value is None:
         return "&ndash;"
-    return f"{value:.4f}" if metric.endswith("ssim") or metric in LOWER_IS_BETTER else f"{value:.3f}"
+    return f"{value:.{decimals(metric)}f}"
 
 
 def _table_html(summary: list[dict], names: dict[str, str]) -> str:

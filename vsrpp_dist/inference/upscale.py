@@ -42,13 +42,14 @@ import numpy as np
 import torch
 
 from ..cli import OneLineParser, frame_rate, note, run_cli
-from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, count_frames, cut_short_warning, scan_source
+from ..data.sources import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Sequence, cut_short_warning, probe_frames, scan_source
 from ..data.windows import sliding_windows
 from ..errors import InferenceError
+from ..files import usable_cores
 from ..metrics import to_uint8
 from .arguments import add_checkpoint_argument, add_inference_arguments
 from .clip_upscaler import ClipUpscaler
-from .device import resolve_device, reuse_freed_memory, time_cudnn_algorithms_per_shape
+from .device import prepare_process_for_inference, resolve_device
 from .loading import load_model
 from .media import SourceMedia, probe
 from .readers import frame_size_of_folder, read_frames_chw
@@ -159,12 +160,11 @@ def source_media(seq: Sequence, fps_given: bool, audio: bool) -> SourceMedia | N
     return media
 
 
-def plan_output(path: str, overwrite: bool, source: str | None = None) -> str:
+def plan_output(path: str, overwrite: bool, source: str) -> str:
     """'video' or 'frames' for OUT, refusing what would overwrite the user's files; OUT resolving to the
     input (`source`: the video file or the frame folder) is refused whatever the flags."""
     out = Path(path)
-    if source is not None:
-        refuse_output_over_input(out, Path(source))
+    refuse_output_over_input(out, Path(source))
     suffix = out.suffix.lower()
     if suffix in VIDEO_FORMATS:
         if out.is_dir():
@@ -210,8 +210,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     seq = open_input(args.input)
     kind = plan_output(args.output, args.overwrite, source=seq.path)
-    reuse_freed_memory()  # large tensors: no mmap/munmap churn per frame (see there)
-    time_cudnn_algorithms_per_shape(device)
+    prepare_process_for_inference(device)
     loaded = load_model(args.checkpoint, device)
     print(loaded.describe(), file=sys.stderr)
     upscaler = ClipUpscaler(loaded, device, tile=args.tile, amp=args.amp, cache_bytes=int(args.cache_gb * 2**30),
@@ -224,9 +223,10 @@ def main(argv=None) -> int:
         sink = BackgroundWriter(VideoFile(out, fps, args.crf, media, audio=not args.no_audio), threads=1,
                                 max_pending=4)
     else:
-        sink = BackgroundWriter(PngFolder(out, frame_names(seq)), threads=min(4, os.cpu_count() or 1),
+        sink = BackgroundWriter(PngFolder(out, frame_names(seq)), threads=min(4, usable_cores()),
                                 max_pending=8)
-    total = count_frames(seq)
+    count = probe_frames(seq)
+    total = count.expected
     if args.limit and total is not None:
         total = min(total, args.limit)
 
@@ -253,7 +253,7 @@ def main(argv=None) -> int:
         raise
     if written == 0:
         raise InferenceError(f"{seq.path}: no frames could be decoded")
-    if not args.limit and (warning := cut_short_warning(seq, written)) is not None:
+    if not args.limit and (warning := cut_short_warning(seq, written, count.indexed)) is not None:
         print(f"warning: {warning}", file=sys.stderr)
     seconds = time.perf_counter() - started
     h, w = lr_hw

@@ -25,15 +25,15 @@ Y-PSNR/SSIM (BT.601, 8-bit) against the input enlarged with MATLAB's bicubic, th
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 from pathlib import Path
 
-from ..cli import int_at_least
+from ..cli import int_at_least, names_from
 from ..config import CONFIG_DIR, SCALE
 from ..errors import BenchError
-from .bench_quality import TRAIN_SCRIPT, prepare_data, run_training, split_video_frames, trained_seconds
+from .bench_quality import (SCORE_KEYS, TRAIN_SCRIPT, evaluate_run, prepare_data, run_training, split_video_frames,
+                            trained_seconds)
 
 PARTS = ("own", "realistic", "alignment")
 FINETUNE_RECIPE = ["optim.lr_peak=1e-4", "optim.warmup_steps=10"]
@@ -49,7 +49,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--stride", type=int_at_least(1), default=3, help="take every N-th frame of --frames")
     p.add_argument("--base-steps", type=int_at_least(1), default=1000, help="steps of the base model")
     p.add_argument("--steps", type=int_at_least(1), default=300, help="steps of every other run")
-    p.add_argument("--parts", default=",".join(PARTS), help="which comparisons: own, realistic, alignment")
+    p.add_argument("--parts", type=names_from(PARTS), default=list(PARTS),
+                   help="which comparisons, comma-separated: own, realistic, alignment")
     p.add_argument("--seed", type=int, default=0, help="run.seed of every run")
     p.add_argument("--work", default="bench-finetune", help="data, runs and results go here")
     p.add_argument("--json", help="write the figures here")
@@ -78,23 +79,10 @@ def train(args, work: Path, name: str, shards: Path, steps: int, extra: list[str
 
 
 def score(run_dir: Path, held_out: list[Path], out: Path, degradation: list[str]) -> dict:
-    """Mean of sequence means over every held-out folder, from `evaluate`'s JSON."""
-    from ..inference.evaluate import main as evaluate
-
-    out.mkdir(parents=True, exist_ok=True)
-    sequences = {}
-    for folder in held_out:
-        report = out / f"{folder.name}{'-' + degradation[1] if degradation else ''}.json"
-        with open(out / "evaluate.log", "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            code = evaluate(["--checkpoint", str(run_dir / "checkpoint_latest"), "--data", str(folder), "--json",
-                             str(report), "--overwrite", "--quiet", *degradation])
-        if code != 0:
-            raise RuntimeError(f"evaluating {run_dir} on {folder} failed (see {out}/evaluate.log)")
-        rows = json.loads(report.read_text())["rows"]
-        sequences.update({f"{folder.name}/{r['sequence']}": r for r in rows if r["sequence"] != "overall"})
-    keys = ("y_psnr_bicubic", "y_psnr_model", "y_ssim_bicubic", "y_ssim_model")
-    return {**{k: sum(r[k] for r in sequences.values()) / len(sequences) for k in keys},
-            "sequences": {k: {m: r[m] for m in keys} for k, r in sequences.items()}}
+    """Mean of sequence means over every held-out folder, and each sequence's four figures."""
+    scores = evaluate_run(run_dir, held_out, out, [*degradation, "--overwrite"])  # a later call scores again
+    return {**{k: scores[k] for k in SCORE_KEYS},
+            "sequences": {name: {k: row[k] for k in SCORE_KEYS} for name, row in scores["sequences"].items()}}
 
 
 def run(args) -> int:
@@ -104,10 +92,7 @@ def run(args) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown:
-        raise BenchError(f"--parts: unknown {unknown[0]!r} (known: {', '.join(PARTS)})")
+    parts = args.parts
     frames = Path(args.frames)
     if not frames.is_dir():
         raise BenchError(f"--frames {frames}: not a folder")

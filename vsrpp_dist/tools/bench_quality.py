@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from ..cli import int_at_least
 from ..config import ALIGNMENTS, CONFIG_DIR, SCALE
@@ -157,23 +158,28 @@ def trained_seconds(run_dir: Path) -> float:
     return float(found[-1])
 
 
-def evaluate_run(run_dir: Path, held_out: list[Path], out: Path) -> dict:
+SCORE_KEYS = ("y_psnr_bicubic", "y_psnr_model", "y_ssim_bicubic", "y_ssim_model")
+
+
+def evaluate_run(run_dir: Path, held_out: list[Path], out: Path, evaluate_args: Sequence[str] = ()) -> dict:
+    """`evaluate` of the run's weights on every held-out folder (its JSON in `out`, its output in
+    `out`.log, `evaluate_args` added), and the mean of sequence means over every held-out sequence."""
     from ..inference.evaluate import main as evaluate
 
+    out.mkdir(parents=True, exist_ok=True)
     scores = {}
     for folder in held_out:
         report = out / f"{folder.name}.json"
         with open(out.parent / f"{out.name}.log", "a") as log, contextlib.redirect_stdout(log), \
                 contextlib.redirect_stderr(log):
             code = evaluate(["--checkpoint", str(run_dir / "checkpoint_latest"), "--data", str(folder), "--json",
-                             str(report), "--quiet"])
+                             str(report), "--quiet", *evaluate_args])
         if code != 0:
             raise RuntimeError(f"evaluating {run_dir} on {folder} failed (see {out}.log)")
         rows = json.loads(report.read_text())["rows"]
         scores.update({f"{folder.name}/{r['sequence']}": r for r in rows if r["sequence"] != "overall"})
     # the mean of sequence means over every held-out sequence (each rendered pan and the video count once)
-    keys = ("y_psnr_bicubic", "y_psnr_model", "y_ssim_bicubic", "y_ssim_model")
-    return {"sequences": scores, **{k: sum(r[k] for r in scores.values()) / len(scores) for k in keys}}
+    return {"sequences": scores, **{k: sum(r[k] for r in scores.values()) / len(scores) for k in SCORE_KEYS}}
 
 
 def run(args) -> int:

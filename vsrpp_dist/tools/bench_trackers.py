@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 
 from ..cli import int_at_least, names_from
-from ..config import TRACKERS, load_config
+from ..config import CONFIG_DIR, TRACKERS, load_config
 from .bench_step import _demo_shards, timing_overrides
 
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("trackers", help="per-step cost of logging to each experiment tracker, side by side")
-    p.add_argument("--config", default="configs/demo.yaml", help="training config (default: configs/demo.yaml)")
+    p.add_argument("--config", default=str(CONFIG_DIR / "demo.yaml"), help="training config (default: demo)")
     p.add_argument("--trackers", type=names_from(TRACKERS[1:]), default=["mlflow", "wandb"],
                    help="trackers to measure next to TensorBoard alone (default: mlflow,wandb)")
     p.add_argument("--steps", type=int_at_least(1), default=60, help="measured steps per run")

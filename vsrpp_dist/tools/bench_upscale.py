@@ -23,12 +23,11 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..cli import int_at_least
+from ..cli import frame_size, int_at_least
 from ..config import load_config
-from ..errors import BenchError
 from ..data.windows import sliding_windows
 from ..inference.clip_upscaler import ClipUpscaler
-from ..inference.device import resolve_device, reuse_freed_memory, time_cudnn_algorithms_per_shape
+from ..inference.device import prepare_process_for_inference, resolve_device
 from ..inference.loading import LoadedModel, load_model
 from ..model.architecture import build_model, count_parameters
 from ..training.wrapping import to_channels_last
@@ -39,7 +38,7 @@ def add_parser(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="a training config: its model, randomly initialised")
     source.add_argument("--checkpoint", help="a checkpoint folder or weights.pt")
-    p.add_argument("--size", default="320x180", help="LR frame size WxH (default 320x180)")
+    p.add_argument("--size", type=frame_size(), default="320x180", help="LR frame size WxH (default 320x180)")
     p.add_argument("--frames", type=int_at_least(1), default=10, help="frames in the stream (default 10)")
     p.add_argument("--rounds", type=int_at_least(1), default=2, help="rounds of scratch, cached (default 2)")
     p.add_argument("--batch", type=int_at_least(1), default=1, help="windows per forward pass")
@@ -50,17 +49,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", help="write the figures here")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (with --config)")
     p.set_defaults(run=run)
-
-
-def lr_frame_size(text: str) -> tuple[int, int]:
-    """--size WxH, the LR frame size benchmarked, as (H, W)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise BenchError(f"--size {text}: give WxH, e.g. 320x180") from None
-    if w < 1 or h < 1:
-        raise BenchError(f"--size {text}: both sides must be positive")
-    return h, w
 
 
 def stream(upscaler: ClipUpscaler, frames: torch.Tensor, batch: int, cached: bool) -> torch.Tensor:
@@ -74,9 +62,8 @@ def stream(upscaler: ClipUpscaler, frames: torch.Tensor, batch: int, cached: boo
 
 def run(args) -> int:
     device = resolve_device(args.device)
-    h, w = lr_frame_size(args.size)
-    reuse_freed_memory()  # as upscale and evaluate do
-    time_cudnn_algorithms_per_shape(device)
+    h, w = args.size
+    prepare_process_for_inference(device)  # as upscale and evaluate do
     if args.config:
         cfg = load_config(args.config, args.overrides)
         torch.manual_seed(cfg.run.seed)

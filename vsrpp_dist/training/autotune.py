@@ -40,10 +40,10 @@ from ..data.degradation import BicubicDegradation, Degradation
 from ..data.stream import to_device
 from ..errors import AutotuneError
 from ..files import atomic_write_text
-from ..model.loss import LossWeights, photometric_weight_at
+from ..model.loss import LossWeights
 from .builder import build_optimizer, build_training_model
 from .runtime import BatchPlan, DevicePlan, plan_batches
-from .step import SingleProcess, TrainingStep
+from .step import SingleProcess, TrainingStep, photometric_weight
 
 RESULT_FILE = "autotune.json"
 FORMAT_VERSION = 1
@@ -654,7 +654,7 @@ def write_result(run_dir: str | Path, result: AutotuneResult) -> Path:
 def first_photometric_weight(cfg) -> float:
     """The photometric term's weight at step 0, its largest (0 without an explicit alignment): with it
     the probe backpropagates through the alignment report as the run's first steps do."""
-    return photometric_weight_at(0, cfg.alignment_training) if cfg.model.explicit_alignment else 0.0
+    return photometric_weight(cfg, 0)
 
 
 def search_settings(cfg, batch_size_per_gpu: int) -> dict[str, Any]:

@@ -33,10 +33,12 @@ import torch
 from .. import __version__
 from ..config import config_to_dict, recorded_config
 from ..errors import CheckpointError, CheckpointWriteError
+from ..model.architecture import count_parameters
 from ..weights import WEIGHTS_FILE, save_weights
 from . import model_card
 from .run_dir import CHECKPOINTS
-from .state_files import load_rng_state, load_training_state, save_rng_state, save_training_state
+from .state_files import (RNG_STATE_PATTERN, load_rng_state, load_training_state, save_rng_state,
+                          save_training_state)
 
 META_NAME = "meta.json"
 MODEL_CARD = "MODEL_CARD.md"
@@ -92,7 +94,7 @@ class CheckpointContents:
 
     def write_model_card(self, folder: Path, run_dir: Path) -> None:
         model = self.eval_model()
-        text = model_card.render(self.cfg, step=self.state.step, parameters=sum(p.numel() for p in model.parameters()),
+        text = model_card.render(self.cfg, step=self.state.step, parameters=count_parameters(model),
                                  ema=self.ema.enabled, provenance=self.provenance, train_data=self.data_summaries[0],
                                  val_data=self.data_summaries[1], validation=self.state.last_validation,
                                  run_dir=run_dir.name)
@@ -114,7 +116,7 @@ class CheckpointContents:
         acc = self.accelerator
         acc.step = load_training_state(folder, model=self.live_model(), optimizer=self.optimizer, scaler=acc.scaler,
                                        components=self.components)
-        rng_file = folder / f"rng_state_{acc.process_index}.safetensors"
+        rng_file = folder / RNG_STATE_PATTERN.format(rank=acc.process_index)
         same_ranks = meta.get("world_size") == acc.num_processes and meta.get("collective", True)
         if rng_file.exists() or same_ranks:
             load_rng_state(folder, acc.process_index)

@@ -28,7 +28,6 @@ import torch
 from ..config import Config, architecture_of, config_to_dict
 from ..errors import CheckpointError, ConfigError
 from ..model.architecture import build_model, module_group
-from ..files import file_sha256
 from ..weights import LEGACY_WEIGHTS_FILE, WEIGHTS_FILE, Weights, read_weights, weights_file_in
 from .checkpoint import BEST_LINK, list_complete, read_info
 from .run_dir import CHECKPOINTS
@@ -78,8 +77,15 @@ class InitialWeights:
     source: Source
     weights: Weights
     kind: str  # "ema" or "raw"
-    file: Path  # the file the tensors were read from
-    sha256: str
+
+    @property
+    def file(self) -> Path:
+        """The file the tensors were read from: the weights file, or the training state for raw weights."""
+        return self.weights.path
+
+    @property
+    def sha256(self) -> str:
+        return self.weights.sha256  # hashed once, when first recorded
 
     @property
     def model_config(self) -> dict | None:
@@ -116,7 +122,7 @@ def read_initial_weights(cfg: Config) -> InitialWeights | None:
     if init.weights == "ema" and not exported.ema:
         raise ConfigError(f"init.from: {init.from_}: has no EMA weights (its run had ema.enabled=false); "
                           "use init.weights=raw or auto")
-    weights, file = exported, source.weights_file
+    weights = exported
     if init.weights == "raw" and exported.ema:
         if source.checkpoint is None or not (source.checkpoint / TRAINING_STATE_FILE).is_file():
             raise ConfigError(f"init.from: {init.from_}: holds only the EMA weights; use init.weights=ema or auto")
@@ -127,7 +133,7 @@ def read_initial_weights(cfg: Config) -> InitialWeights | None:
             raise ConfigError(f"init.from: {source.checkpoint}: {err}") from None
         weights = Weights(file, tree["model"], exported.model_config, False, exported.step, exported.provenance)
         kind = "raw"
-    return InitialWeights(source, weights, kind, file, file_sha256(file))
+    return InitialWeights(source, weights, kind)
 
 
 # -- matching -------------------------------------------------------------------------------------------------

@@ -88,6 +88,12 @@ def plan_batches(requested_global: int, batch_size_per_gpu: int, world_size: int
     return BatchPlan(batch_size_per_gpu, accum, world_size, requested_global)
 
 
+def restart_count() -> int:
+    """How often the launcher has restarted this job: torch elastic numbers the attempts of a job it
+    restarts (`accelerate launch --max_restarts N`); 0 outside it."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 def join_restarted_process_group(device_plan: DevicePlan) -> None:
     """Under a launcher that restarts the job (`accelerate launch --max_restarts N`, torch elastic), join the
     process group under a store prefix of this attempt's own, before Accelerate would join it without one.
@@ -104,7 +110,7 @@ def join_restarted_process_group(device_plan: DevicePlan) -> None:
     restarts_allowed = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
     if not restarts_allowed or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or dist.is_initialized():
         return
-    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    attempt = restart_count()
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
     dist.init_process_group("nccl" if device_plan.device_type == "cuda" else "gloo",
                             store=dist.PrefixStore(f"vsrpp_dist/attempt_{attempt}", store),

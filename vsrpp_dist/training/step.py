@@ -22,7 +22,12 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from ..model.loss import HybridLoss, LossWeights
+from ..model.loss import HybridLoss, LossWeights, photometric_weight_at
+
+
+def photometric_weight(cfg, step: int) -> float:
+    """The photometric term's weight at `step` (alignment_training.*), 0 without an explicit alignment."""
+    return photometric_weight_at(step, cfg.alignment_training) if cfg.model.explicit_alignment else 0.0
 
 
 def precision_dtype(precision: str) -> torch.dtype | None:
@@ -69,14 +74,6 @@ class _ScaledOptimizer:
     def __init__(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         self.optimizer = optimizer
         self.scaler = scaler
-
-    @property
-    def param_groups(self):
-        return self.optimizer.param_groups
-
-    @property
-    def state(self):
-        return self.optimizer.state
 
     def step(self) -> None:
         self.scaler.step(self.optimizer)

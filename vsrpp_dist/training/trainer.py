@@ -27,7 +27,6 @@ from ..config import Config
 from ..data.stream import ClipStream, end_loader_workers, to_device, train_loader
 from ..errors import RankLostError, TrainingError
 from ..model.architecture import count_parameters
-from ..model.loss import photometric_weight_at
 from ..signals import StopSignals, StopWhileWaiting
 from .adaptive import AdaptiveController
 from .autotune import Ranks
@@ -48,6 +47,7 @@ from .startup import (CompatibilityCheck, apply_device_plan, check_memory_fits, 
 from .trackers import require_installed
 from .state import REDUCED, IntervalMeter, StepResult, StepStats, TrainState
 from .step import TrainingStep
+from .step import photometric_weight as photometric_weight_for
 from .validation import Validator
 from .wrapping import BranchActivity
 
@@ -113,7 +113,6 @@ class Trainer:
                 self.observer.info(f"init: {', '.join(cfg.init.freeze)} fixed (LR factor 0) until step "
                                    f"{cfg.init.freeze_steps}")
         self.activity = BranchActivity(model)
-        self.aligns = cfg.model.explicit_alignment
         optimizer, self.lr_factors = build_optimizer(model, cfg.optim,
                                                      alignment_lr_factor=cfg.alignment_training.lr_factor,
                                                      device_type=acc.device.type, frozen=cfg.init.freeze,
@@ -239,7 +238,7 @@ class Trainer:
         for group, factor in zip(self.optimizer.param_groups, self.lr_factors.at(self.state.step)):
             group["lr"] = learning_rate * factor
         weights = self.adaptive.weights
-        photometric_weight = photometric_weight_at(self.state.step, self.cfg.alignment_training) if self.aligns else 0.0
+        photometric_weight = photometric_weight_for(self.cfg, self.state.step)
         sums = torch.zeros(len(StepStats.PARTS), device=acc.device)
         data_wait = 0.0
         skipped = [0, 0]  # corrupt samples, bad shards this rank's stream met during this step

@@ -71,24 +71,26 @@ class SequencePairs:
 
 class SequenceInputs:
     """Each validation sequence's input frames, made by the run's degradation from (run.seed, sequence):
-    every validation of the run scores the same input. A costly one (the realistic codec) is made once
-    and kept as 8-bit frames on the host, a ninth of the GT's bytes; a cheap one again each time."""
+    every validation of the run scores the same input. Frame by frame (bicubic, real LR) a rank makes only
+    the frames its windows need, at each validation; a sequence made as one video (the realistic codec)
+    is made whole once and kept as 8-bit frames on the host, a ninth of the GT's bytes."""
 
     def __init__(self, degradation: Degradation, seed: int) -> None:
         self.degradation = degradation
         self.seed = seed
         self.kept: dict[int, torch.Tensor] = {}
 
-    def frames(self, seq: ValSequence, device: torch.device) -> torch.Tensor:
-        """(N, 3, H/3, W/3) uint8 on the host."""
-        if seq.index in self.kept:
-            return self.kept[seq.index]
-        pairs = zip(seq.gt, seq.lr if seq.lr is not None else [None] * len(seq.gt))
-        made = torch.stack([lq for _, lq in self.degradation.sequence(pairs, seed=self.seed, index=seq.index,
-                                                                        device=device)])
-        if self.degradation.keep_sequences:
-            self.kept[seq.index] = made
-        return made
+    def frames(self, seq: ValSequence, device: torch.device, needed: list[int]) -> dict[int, torch.Tensor]:
+        """The input frame (3, H/3, W/3) uint8 on the host of each frame index in `needed`."""
+        if not self.degradation.frame_by_frame:
+            if seq.index not in self.kept:
+                self.kept[seq.index] = torch.stack([lq for _, lq in self._made(seq, range(seq.gt.shape[0]), device)])
+            return {i: self.kept[seq.index][i] for i in needed}
+        return dict(zip(needed, (lq for _, lq in self._made(seq, needed, device))))
+
+    def _made(self, seq: ValSequence, indices, device: torch.device):
+        pairs = ((seq.gt[i], seq.lr[i] if seq.lr is not None else None) for i in indices)
+        return self.degradation.sequence(pairs, seed=self.seed, index=seq.index, device=device)
 
 
 def score(sr: torch.Tensor, gt: torch.Tensor, crop_border: int) -> list[torch.Tensor]:
@@ -131,7 +133,8 @@ class Validator:
             # the frame before the share: restored only as the earlier frame of the share's first pair
             order = ([mine.start - 1] if mine and mine.start > 0 else []) + list(mine)
             pairs = SequencePairs(self.cfg.crop_border, self.cfg.tof)
-            lq_frames = self.inputs.frames(seq, device)
+            needed = sorted({i for f in order for i in window_indices(f, seq.gt.shape[0])})
+            lq_frames = self.inputs.frames(seq, device, needed)
             for start in range(0, len(order), self.cfg.batch_size):
                 frames = order[start:start + self.cfg.batch_size]
                 rows += self._score_frames(model, seq, lq_frames, frames, mine, pairs, step, device)
@@ -151,12 +154,12 @@ class Validator:
                                    "the validation set again, or train without it (data.val_shards='')")
         return self._summarise(table, self.cfg.tof)
 
-    def _score_frames(self, model, seq, lq_frames: torch.Tensor, frames, mine: range, pairs: SequencePairs, step,
-                      device) -> list[list[float]]:
+    def _score_frames(self, model, seq, lq_frames: dict[int, torch.Tensor], frames, mine: range,
+                      pairs: SequencePairs, step, device) -> list[list[float]]:
         n = seq.gt.shape[0]
         windows = [window_indices(f, n) for f in frames]
         gt_centre = seq.gt[frames].to(device).float().div_(255)
-        lq_clips = torch.stack([lq_frames[w] for w in windows]).to(device).float().div_(255)
+        lq_clips = torch.stack([torch.stack([lq_frames[i] for i in w]) for w in windows]).to(device).float().div_(255)
         with self.accelerator.autocast():
             sr = model(lq_clips).float().clamp_(0, 1)
         bicubic = upscale(lq_clips[:, 2]).clamp_(0, 1)
@@ -186,13 +189,9 @@ class Validator:
             per_sequence[int(row[0])].append(row[ROW_HEAD:ROW_HEAD + len(COLUMNS)])
             if row[3] > 0:
                 pairs_per_sequence[int(row[0])].append(row[ROW_HEAD + len(COLUMNS):])
-        seq_means = torch.tensor([torch.tensor(v, dtype=torch.float64).mean(0).tolist() for v in per_sequence.values()], dtype=torch.float64)
-        overall = seq_means.mean(0).tolist()
-        result = dict(zip(COLUMNS, overall))
+        result = dict(zip(COLUMNS, _mean_of_sequence_means(per_sequence)))
         if pairs_per_sequence:  # sequences of one frame have no pair: the mean over those that do
-            pair_means = torch.tensor([torch.tensor(v, dtype=torch.float64).mean(0).tolist() for v in pairs_per_sequence.values()],
-                                      dtype=torch.float64).mean(0).tolist()
-            temporal = dict(zip(TEMPORAL_COLUMNS, pair_means))
+            temporal = dict(zip(TEMPORAL_COLUMNS, _mean_of_sequence_means(pairs_per_sequence)))
             result.update({k: v for k, v in temporal.items() if with_tof or not k.endswith("_TOF")})
         result["LR_Quality"] = 100 * result["LR_SSIM"]
         result["KI_Quality"] = 100 * result["KI_SSIM"]
@@ -200,3 +199,9 @@ class Validator:
         result["frames"] = float(table.shape[0])
         result["sequences"] = float(len(per_sequence))
         return result
+
+
+def _mean_of_sequence_means(rows_by_sequence: dict[int, list[list[float]]]) -> list[float]:
+    """Per column: each sequence's mean of its rows, then the mean over sequences (float64), as papers average."""
+    means = [torch.tensor(rows, dtype=torch.float64).mean(0).tolist() for rows in rows_by_sequence.values()]
+    return torch.tensor(means, dtype=torch.float64).mean(0).tolist()
